@@ -1,0 +1,73 @@
+"""Verbs whose parsers exist (so ``--help`` documents them) but whose implementation
+arrives with a later issue. Running one says so plainly and exits with status 2."""
+
+from __future__ import annotations
+
+import argparse
+
+from distill3d.commands.config_cmd import add_set_argument
+from distill3d.errors import Distill3DError
+
+
+def _not_available(args: argparse.Namespace) -> int:
+    raise Distill3DError(
+        f"'distill3d {args.command}' is not available in this version yet: it is planned "
+        f"({args.planned_for}). See README.md for what works today.")
+
+
+def _config_verb(subparsers: argparse._SubParsersAction, name: str, help_text: str, planned_for: str,
+                 extra: list[tuple[tuple[str, ...], dict]] = ()) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=f"{help_text} [planned]",
+                                   description=f"{help_text}. Planned: {planned_for}.")
+    parser.add_argument("config", help="a YAML file or the name of a shipped config")
+    for flags, kwargs in extra:
+        parser.add_argument(*flags, **kwargs)
+    add_set_argument(parser)
+    parser.set_defaults(func=_not_available, planned_for=planned_for)
+    return parser
+
+
+_RUN_FOLDER = [
+    (("--work-dir",), {"help": "run folder (default: runs/<config name>)"}),
+    (("--resume",), {"action": "store_true", "help": "continue the run in --work-dir from its last checkpoint"}),
+    (("--overwrite",), {"action": "store_true", "help": "replace an existing run folder"}),
+]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _config_verb(subparsers, "train", "train a detector", "issue 6, training engine", _RUN_FOLDER)
+    _config_verb(subparsers, "distill", "train a student by distillation from a teacher",
+                 "issue 7, distillation core", [
+                     (("--teacher-ckpt",), {"help": "teacher checkpoint"}),
+                     (("--method",), {"help": "method preset, e.g. pointdistiller"}), *_RUN_FOLDER])
+    _config_verb(subparsers, "test", "run a checkpoint on a split and write results and metrics",
+                 "issue 6, training engine", [
+                     (("--ckpt",), {"help": "checkpoint to evaluate"}),
+                     (("--out",), {"help": "output folder"})])
+    _config_verb(subparsers, "profile", "parameters, FLOPs and latency of a detector, per stage",
+                 "issue 6, detectors")
+    _config_verb(subparsers, "export", "export a student to ONNX (adapters stripped)",
+                 "ONNX export issue", [(("--ckpt",), {"help": "checkpoint"}), (("--out",), {"help": "output .onnx"})])
+    _config_verb(subparsers, "cache-teacher", "run the teacher once and cache its outputs",
+                 "issue 7, teacher cache", [(("--teacher-ckpt",), {"help": "teacher checkpoint"})])
+
+    evaluate = subparsers.add_parser("evaluate", help="nuScenes or KITTI metrics of a results file [planned]",
+                                     description="Official nuScenes / KITTI metrics. Planned: issue 5.")
+    evaluate.add_argument("--dataset", choices=["nuscenes", "kitti"], required=True)
+    evaluate.add_argument("--dataroot", required=True)
+    evaluate.add_argument("--version", help="nuScenes version, e.g. v1.0-mini")
+    evaluate.add_argument("--split", required=True)
+    evaluate.add_argument("--results", required=True, help="results JSON (nuScenes) or folder of .txt (KITTI)")
+    evaluate.add_argument("--out", help="metrics JSON to write")
+    evaluate.set_defaults(func=_not_available, planned_for="issue 5, evaluation")
+
+    demo = subparsers.add_parser("demo", help="distil a student on SynthDrive end to end [planned]",
+                                 description="Teacher, student and distilled student on SynthDrive, "
+                                             "with a report. Planned: issue 7.")
+    demo.add_argument("--method", default="pointdistiller")
+    demo.add_argument("--quick", action="store_true", help="a shorter run (under 3 minutes on 2 cores)")
+    demo.set_defaults(func=_not_available, planned_for="issue 7, distillation and demo")
+
+    bench = subparsers.add_parser("bench", help="the benchmark table of every method [planned]",
+                                  description="Benchmark distillation methods. Planned: issue 7.")
+    bench.set_defaults(func=_not_available, planned_for="issue 7, benchmarks")
