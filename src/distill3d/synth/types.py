@@ -116,6 +116,10 @@ class AnnotatedObject:
             classes that have none (cones, barriers).
         box: (9,) float64 ``(x, y, z, l, w, h, yaw, vx, vy)`` in the world frame: the tight
             box of the object's primitives, geometric centre, velocity in m/s.
+        subtype: finer kind where a writer needs it (``"van"`` for van-shaped cars, which
+            KITTI calls Van; ``"sitting"``, ``"child"``, ``"worker"`` for pedestrians; the
+            shape kind for trucks, trailers and construction vehicles), ``""`` otherwise.
+            ``distill3d.synth.classes.kitti_class`` maps (name, attribute, subtype) to KITTI.
     """
 
     instance_id: int
@@ -123,6 +127,7 @@ class AnnotatedObject:
     category: str
     attribute: str
     box: np.ndarray
+    subtype: str = ""
 
 
 @dataclass
