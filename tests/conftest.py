@@ -1,0 +1,41 @@
+"""Fixtures shared across test folders: the real sample frames and tiny SynthDrive sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """``../shared/data/real`` (read in place, never copied); skips when absent."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real sample data not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def synth_nuscenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SynthDrive set in the nuScenes layout (v1.0-mini: 2 train + ... scenes),
+    written once per test session. Returns the dataroot."""
+    from distill3d.synth.generate import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth_nuscenes_shared")
+    generate_dataset("nuscenes", root, preset="mini", scenes=3, samples_per_scene=3, sweeps=2,
+                     image_size=(352, 128), seed=11, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_kitti(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SynthDrive set in the KITTI object layout, written once per test session."""
+    from distill3d.synth.generate import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth_kitti_shared")
+    generate_dataset("kitti", root, preset="mini", scenes=2, samples_per_scene=3,
+                     image_size=(621, 188), seed=12, workers=1, progress=False)
+    return root
