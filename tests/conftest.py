@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _index_cache_outside_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Dataset indexes go to a session tmp folder, so no test writes into a dataset folder
+    (``../shared`` is writable when tests run as root). Tests of the default locations
+    unset ``DISTILL3D_INDEX_DIR`` with monkeypatch."""
+    from distill3d.data.index_cache import INDEX_DIR_ENV
+
+    old = os.environ.get(INDEX_DIR_ENV)
+    os.environ[INDEX_DIR_ENV] = str(tmp_path_factory.mktemp("dataset_indexes"))
+    yield
+    if old is None:
+        os.environ.pop(INDEX_DIR_ENV, None)
+    else:
+        os.environ[INDEX_DIR_ENV] = old
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ import sys
 from typing import Sequence
 
 from distill3d import __version__
-from distill3d.commands import config_cmd, planned, synth_cmd
+from distill3d.commands import config_cmd, data_cmd, planned, synth_cmd
 from distill3d.errors import Distill3DError
 
-COMMAND_MODULES = (config_cmd, synth_cmd, planned)
+COMMAND_MODULES = (config_cmd, synth_cmd, data_cmd, planned)
 
 
 def build_parser() -> argparse.ArgumentParser:

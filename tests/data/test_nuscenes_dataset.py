@@ -471,6 +471,7 @@ def test_index_is_built_once_and_rebuilt_on_change(synth_copy: Path, monkeypatch
         calls.append(split)
         return real_build(tables, split, max_sweeps)
 
+    monkeypatch.delenv("DISTILL3D_INDEX_DIR", raising=False)  # synth_copy is a tmp mirror
     monkeypatch.setattr(nus, "_build_index", counting)
     first = NuScenesDataset(synth_copy, split="train", load_cameras=False)
     second = NuScenesDataset(synth_copy, split="train", load_cameras=False)

@@ -66,25 +66,35 @@ class IndexKey:
     fingerprint: str
 
 
+INDEX_DIR_ENV = "DISTILL3D_INDEX_DIR"
+
+
 def index_locations(root: Path, kind: str) -> list[Path]:
-    """Where an index may live: beside the data first, then in the user cache (for
-    read-only dataset folders)."""
+    """Where an index may live, in order of preference.
+
+    Beside the data first (``ROOT/.distill3d_index/KIND.pkl``), then in the user cache
+    (for read-only dataset folders). When ``$DISTILL3D_INDEX_DIR`` is set, only that folder
+    is used, so a shared dataset folder is never written to.
+    """
     root = Path(root).resolve()
     safe_kind = kind.replace("/", "_")
     tag = hashlib.sha256(str(root).encode()).hexdigest()[:16]
+    explicit = os.environ.get(INDEX_DIR_ENV)
+    if explicit:
+        return [Path(explicit) / f"{tag}-{safe_kind}.pkl"]
     return [root / INDEX_DIR_NAME / f"{safe_kind}.pkl",
             user_cache_dir() / "index" / f"{tag}-{safe_kind}.pkl"]
 
 
-def load_or_build_index(root: Path, key: IndexKey, build: Callable[[], Any]) -> Any:
+def load_or_build_index(root: Path, key: IndexKey, build: Callable[[], Any], rebuild: bool = False) -> Any:
     """Return the cached index for ``key`` if one matches, else ``build()`` it and cache it.
 
     A cached file whose schema version or fingerprint differs, or that cannot be read, is
-    ignored and replaced.
+    ignored and replaced. ``rebuild=True`` builds and rewrites the index unconditionally.
     """
     locations = index_locations(root, key.kind)
     for path in locations:
-        if not path.is_file():
+        if rebuild or not path.is_file():
             continue
         try:
             with path.open("rb") as handle:

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +69,7 @@ from distill3d.data.dataset import DetectionDataset, SampleTransform
 from distill3d.data.errors import DataError
 from distill3d.data.index_cache import (
     IndexKey,
-    atomic_write_bytes,
     fingerprint_files,
-    index_locations,
     load_or_build_index,
 )
 from distill3d.data.sample import BASE_POINT_FEATURES, CameraView, Sample
@@ -713,17 +710,7 @@ def build_nuscenes_index(root: PathLike, version: str = "v1.0-mini", split: str 
     def build() -> list[dict[str, Any]]:
         return _build_index(NuScenesTables(root, version), split, max_sweeps)
 
-    if not rebuild:
-        return load_or_build_index(root, key, build)
-    index = build()
-    payload = pickle.dumps({"key": key, "index": index}, protocol=pickle.HIGHEST_PROTOCOL)
-    for path in index_locations(root, key.kind):
-        try:
-            atomic_write_bytes(path, payload)
-            break
-        except OSError:
-            continue
-    return index
+    return load_or_build_index(root, key, build, rebuild=rebuild)
 
 
 # --------------------------------------------------------------------------------------
