@@ -194,3 +194,11 @@ def test_every_shipped_config_loads() -> None:
 def test_unknown_config_name_lists_shipped() -> None:
     with pytest.raises(ConfigError, match="synthdrive/centerpoint_pillar_teacher"):
         load_config("no/such/config")
+
+
+def test_default_classes_are_the_devkit_order() -> None:
+    from distill3d.config.schema import NUSCENES_CLASSES
+    from distill3d.data.nuscenes import NUSCENES_DETECTION_CLASSES
+    from distill3d.synth.classes import CLASS_NAMES
+
+    assert NUSCENES_CLASSES == NUSCENES_DETECTION_CLASSES == CLASS_NAMES

@@ -13,9 +13,12 @@ from typing import Any, Literal
 
 from distill3d.config.typed import FieldError
 
+#: The 10 nuScenes detection classes in the official devkit's order (``DETECTION_NAMES``);
+#: the same tuple as ``distill3d.data.nuscenes.NUSCENES_DETECTION_CLASSES`` (a test checks),
+#: kept here so that reading a config does not import the data layer.
 NUSCENES_CLASSES: tuple[str, ...] = (
-    "car", "truck", "construction_vehicle", "bus", "trailer",
-    "barrier", "motorcycle", "bicycle", "pedestrian", "traffic_cone",
+    "car", "truck", "bus", "trailer", "construction_vehicle",
+    "pedestrian", "motorcycle", "bicycle", "traffic_cone", "barrier",
 )
 
 

@@ -60,6 +60,14 @@ class DetectionDataset(torch.utils.data.Dataset):
         """The token of every sample, in index order."""
         raise NotImplementedError
 
+    def sample_class_ids(self, index: int) -> set[int]:
+        """The labels present in sample ``index`` (what class-balanced sampling needs).
+
+        This default loads the sample; readers with an index override it to answer from
+        the index without touching sensor files.
+        """
+        return set(self.load_sample(index).labels.tolist())
+
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < len(self):
             raise IndexError(f"{type(self).__name__}: index {index} out of range 0..{len(self) - 1}")

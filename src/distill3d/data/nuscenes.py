@@ -876,6 +876,10 @@ class NuScenesDataset(DetectionDataset):
         """The sample token of every sample, in index order."""
         return [entry["token"] for entry in self.index]
 
+    def sample_class_ids(self, index: int) -> set[int]:
+        """Labels present in sample ``index``, read from the index (no file is opened)."""
+        return set(self._select(self.index[index]["gt"]).labels.tolist())
+
     # ---- pieces of a sample ------------------------------------------------------
 
     def _select(self, gt: Mapping[str, Any]) -> _Selection:
