@@ -35,3 +35,34 @@ __all__ = [
     "write_nuscenes_metrics",
     "write_nuscenes_results",
 ]
+from distill3d.evaluation.kitti import (
+    KITTI_DIFFICULTIES,
+    KITTI_DISTANCE_BANDS,
+    KITTI_EVAL_CLASSES,
+    KITTI_LABEL_CLASSES,
+    KITTI_METRICS,
+    KITTI_MIN_OVERLAPS,
+    evaluate_kitti,
+    evaluate_kitti_by_distance,
+    format_kitti_table,
+    lidar_detections_to_kitti_annos,
+    load_kitti_gt,
+    read_kitti_results,
+    write_kitti_results,
+)
+
+__all__ += [
+    "KITTI_DIFFICULTIES",
+    "KITTI_DISTANCE_BANDS",
+    "KITTI_EVAL_CLASSES",
+    "KITTI_LABEL_CLASSES",
+    "KITTI_METRICS",
+    "KITTI_MIN_OVERLAPS",
+    "evaluate_kitti",
+    "evaluate_kitti_by_distance",
+    "format_kitti_table",
+    "lidar_detections_to_kitti_annos",
+    "load_kitti_gt",
+    "read_kitti_results",
+    "write_kitti_results",
+]
