@@ -66,3 +66,32 @@ __all__ += [
     "read_kitti_results",
     "write_kitti_results",
 ]
+from distill3d.evaluation.evaluator import (
+    EVALUATION_FILES,
+    DetectionEvaluator,
+    EvaluationResult,
+    KittiDetectionEvaluator,
+    NuScenesDetectionEvaluator,
+    boxes_to_original_frame,
+    build_evaluator,
+    format_distance_table,
+    kitti_evaluation_result,
+    kitti_headline,
+    nuscenes_evaluation_result,
+    nuscenes_headline,
+)
+
+__all__ += [
+    "EVALUATION_FILES",
+    "DetectionEvaluator",
+    "EvaluationResult",
+    "KittiDetectionEvaluator",
+    "NuScenesDetectionEvaluator",
+    "boxes_to_original_frame",
+    "build_evaluator",
+    "format_distance_table",
+    "kitti_evaluation_result",
+    "kitti_headline",
+    "nuscenes_evaluation_result",
+    "nuscenes_headline",
+]
