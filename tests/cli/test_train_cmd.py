@@ -64,6 +64,7 @@ def test_train_writes_the_run_folder(trained_run: Path, tiny_config: Path) -> No
     submission = json.loads((eval_dir / "results_nusc.json").read_text())
     assert submission["meta"]["use_lidar"] is True and len(submission["results"]) == 3
     assert json.loads((eval_dir / "metrics.json").read_text())["NDS"] == evals[0]["NDS"]
+    assert (eval_dir / "metrics_summary.json").is_file() and (eval_dir / "metrics_by_distance.json").is_file()
     assert read_checkpoint(trained_run / "checkpoints" / "best.pth")["best"]["metric"] == "NDS"
 
 
@@ -105,7 +106,7 @@ def test_test_command_writes_results_and_metrics(trained_run: Path, tiny_config:
     metrics = json.loads((out / "metrics.json").read_text())
     train_eval = json.loads((trained_run / "eval" / "epoch_1" / "metrics.json").read_text())
     assert metrics["NDS"] == pytest.approx(train_eval["NDS"])  # same weights, same split
-    assert (out / "metrics_summary.json").is_file()
+    assert (out / "metrics_summary.json").is_file() and (out / "metrics_by_distance.json").is_file()
 
 
 def test_test_command_errors_are_one_line(tiny_config: Path, tmp_path: Path,
@@ -163,13 +164,15 @@ def _gt_predictions(dataset) -> dict:
 
 def test_nuscenes_evaluator_scores_ground_truth_as_perfect(synth_nuscenes: Path, tmp_path: Path) -> None:
     from distill3d.config.schema import DataConfig, ExperimentConfig
-    from distill3d.engine.builders import NuScenesEvaluator, build_dataset, build_evaluator
+    from distill3d.engine.builders import DatasetEvaluator, build_dataset, build_evaluator, write_results
 
     cfg = ExperimentConfig(data=DataConfig(dataset="nuscenes", root=str(synth_nuscenes)))
     dataset = build_dataset(cfg, "val", training=False)
     evaluator = build_evaluator(cfg, "val", dataset)
-    assert isinstance(evaluator, NuScenesEvaluator) and evaluator.primary_metric == "NDS"
+    assert isinstance(evaluator, DatasetEvaluator) and evaluator.primary_metric == "NDS"
     metrics = evaluator(_gt_predictions(dataset), tmp_path)
+    assert list(metrics)[:7] == ["mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE"]
+    assert set(metrics) == set(list(metrics)[:7]) | {f"AP/{c}" for c in cfg.data.class_names}
     present = [k for k, v in metrics.items() if k.startswith("AP/") and v > 0]
     assert present and all(metrics[k] == pytest.approx(1.0) for k in present)
     summary = json.loads((tmp_path / "metrics_summary.json").read_text())
@@ -178,11 +181,16 @@ def test_nuscenes_evaluator_scores_ground_truth_as_perfect(synth_nuscenes: Path,
         assert errors["trans_err"] == pytest.approx(0.0, abs=1e-3)
         assert errors["scale_err"] == pytest.approx(0.0, abs=1e-3)
     assert (tmp_path / "results_nusc.json").is_file() and (tmp_path / "metrics_summary.json").is_file()
+    assert set(json.loads((tmp_path / "metrics_by_distance.json").read_text())) == {"0-20", "20-30", "30+"}
+    # without labels, the results file alone: the same file as the evaluation wrote
+    written = write_results(cfg, dataset, _gt_predictions(dataset), tmp_path / "only")
+    assert written == tmp_path / "only" / "results_nusc.json"
+    assert json.loads(written.read_text()) == json.loads((tmp_path / "results_nusc.json").read_text())
 
 
 def test_kitti_evaluator_scores_ground_truth_as_perfect(synth_kitti: Path, tmp_path: Path) -> None:
     from distill3d.config.schema import DataConfig, ExperimentConfig
-    from distill3d.engine.builders import KittiEvaluator, build_dataset, build_evaluator
+    from distill3d.engine.builders import DatasetEvaluator, build_dataset, build_evaluator, write_results
 
     cfg = ExperimentConfig(data=DataConfig(dataset="kitti", root=str(synth_kitti),
                                            class_names=["Car", "Pedestrian", "Cyclist"],
@@ -190,8 +198,13 @@ def test_kitti_evaluator_scores_ground_truth_as_perfect(synth_kitti: Path, tmp_p
     split = "val"
     dataset = build_dataset(cfg, split, training=False)
     evaluator = build_evaluator(cfg, split, dataset)
-    assert isinstance(evaluator, KittiEvaluator)
+    assert isinstance(evaluator, DatasetEvaluator) and evaluator.primary_metric == "mAP_3d_R40_moderate"
+    eval_classes = evaluator.prepare().classes
+    assert eval_classes == ("Car", "Pedestrian", "Cyclist")
     metrics = evaluator(_gt_predictions(dataset), tmp_path)
+    assert set(metrics) == {f"{c}/{m}_R40/{level}" for c in eval_classes for m in ("3d", "bev")
+                            for level in ("easy", "moderate", "hard")} | {"mAP_3d_R40_moderate",
+                                                                          "mAP_bev_R40_moderate"}
     # the same GT, written as detections directly in the camera frame: our LiDAR -> KITTI
     # conversion of the boxes must score the same
     import numpy as np
@@ -205,13 +218,21 @@ def test_kitti_evaluator_scores_ground_truth_as_perfect(synth_kitti: Path, tmp_p
         det = {k: v[keep] for k, v in anno.items() if isinstance(v, np.ndarray)}
         det["score"] = np.ones(int(keep.sum()))
         direct.append(det)
-    expected = evaluate_kitti(gt, direct, evaluator.eval_classes)
-    for cls in evaluator.eval_classes:
+    expected = evaluate_kitti(gt, direct, eval_classes)
+    for cls in eval_classes:
         for level, value in zip(("easy", "moderate", "hard"), expected["R40"][cls]["3d"]):
             assert metrics[f"{cls}/3d_R40/{level}"] == pytest.approx(value, abs=1e-6), (cls, level)
     assert metrics["Car/3d_R40/hard"] > 0
+    assert metrics["mAP_3d_R40_moderate"] == pytest.approx(
+        np.mean([metrics[f"{c}/3d_R40/moderate"] for c in eval_classes]))
     assert len(list((tmp_path / "kitti_results").glob("*.txt"))) == len(dataset)
-    assert evaluator.write_results(_gt_predictions(dataset), tmp_path / "again").is_dir()
+    assert (tmp_path / "kitti_metrics.json").is_file() and (tmp_path / "metrics_by_distance.json").is_file()
+    # without labels, the result files alone: the same files as the evaluation wrote
+    again = write_results(cfg, dataset, _gt_predictions(dataset), tmp_path / "again")
+    assert again.is_dir()
+    files = sorted(p.name for p in (tmp_path / "kitti_results").glob("*.txt"))
+    assert sorted(p.name for p in again.glob("*.txt")) == files
+    assert all((again / f).read_text() == (tmp_path / "kitti_results" / f).read_text() for f in files)
 
 
 def test_synthdrive_is_generated_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

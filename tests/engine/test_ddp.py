@@ -89,6 +89,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             Path(out, "result.json").write_text(json.dumps({
                 "history": result.history, "eval": result.eval_history, "best": result.best,
                 "gathered": gathered, "mean": mean, "threads": torch.get_num_threads()}))
+        barrier(info)  # no rank leaves the process group while another still works
     finally:
         cleanup_distributed(info)
 

@@ -36,6 +36,7 @@ from distill3d.engine import (
 from distill3d.engine.builders import build_eval_loader, build_train_loader
 from distill3d.engine.trainer import _to_original_frame
 from distill3d.errors import Distill3DError
+from distill3d.evaluation.evaluator import boxes_to_original_frame
 from distill3d.structures import Detections
 
 
@@ -452,6 +453,10 @@ def test_predictions_are_mapped_back_to_the_original_frame() -> None:
     assert back.boxes[0, :2].tolist() == pytest.approx([1.0, -2.0])
     assert back.boxes[0, 6].item() == pytest.approx(-0.3)
     assert back.boxes[0, 8].item() == pytest.approx(-0.5)
+    # the evaluator's own inverse (one implementation), in float64
+    assert torch.equal(back.boxes, torch.from_numpy(boxes_to_original_frame(det.boxes, flip)))
+    assert _to_original_frame(det, Sample(token="u", points=torch.zeros(0, 4), boxes=torch.zeros(0, 9),
+                                          labels=torch.zeros(0, dtype=torch.long), class_names=("car",))) is det
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

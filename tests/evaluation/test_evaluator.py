@@ -39,6 +39,7 @@ from distill3d.evaluation import (
     boxes_to_original_frame,
     build_evaluator,
 )
+from distill3d.evaluation.evaluator import sample_metadata
 from distill3d.structures import Detections
 
 VERSION = "v1.0-mini"
@@ -433,3 +434,83 @@ def test_kitti_evaluator_errors(kitti_case: dict[str, Any], synth_kitti: Path) -
         KittiDetectionEvaluator([], classes=("Van",))
     with pytest.raises(Distill3DError, match="no evaluator for list"):
         build_evaluator([])
+
+
+# --------------------------------------------------------------------------------------
+# detections sent without their samples (what DDP processes gather)
+# --------------------------------------------------------------------------------------
+
+
+def shipped(samples: list[Sample], detections: list[Detections]) -> list[tuple[str, Detections, dict[str, Any]]]:
+    """Augmented samples' detections with :func:`sample_metadata`, pickled and unpickled as
+    ``all_gather_object`` sends them between processes."""
+    out = []
+    for i, (sample, det) in enumerate(zip(samples, detections)):
+        moved = augment(sample, i)
+        out.append((moved.token, to_augmented_frame(det, moved), sample_metadata(moved)))
+    return pickle.loads(pickle.dumps(out))
+
+
+def test_add_detections_with_sample_metadata_equals_add(nus_case: dict[str, Any], kitti_case: dict[str, Any],
+                                                       synth_kitti: Path) -> None:
+    items = shipped(nus_case["samples"], nus_case["detections"])
+    meta = items[0][2]
+    assert set(meta) == {"lidar_to_ego", "ego_to_global", "bev_transform", "extras"} and meta["extras"] == {}
+    assert not torch.equal(meta["bev_transform"], torch.eye(4))
+    evaluator = build_evaluator(nus_case["dataset"])
+    for token, det, meta in reversed(items):               # any order, one sample at a time
+        evaluator.add_detections(token, det, **meta)
+    again = evaluator.evaluate()
+    reference: EvaluationResult = nus_case["result"]
+    assert assert_close(again.metrics, reference.metrics, 1e-9) <= 1e-9
+    assert assert_close(again.by_distance, reference.by_distance, 1e-9) <= 1e-9
+    assert again.headline.keys() == reference.headline.keys()
+
+    # KITTI: calib from the extras, the image size from the extras or the image_2 view
+    with_images = KittiDataset(synth_kitti, "train", load_images=True)
+    samples = [with_images.load_sample(i) for i in range(len(with_images))]
+    view_only = Sample(token=samples[0].token, points=samples[0].points, boxes=samples[0].boxes,
+                       labels=samples[0].labels, class_names=samples[0].class_names, cameras=samples[0].cameras,
+                       extras={"calib": samples[0].extras["calib"], "truncated": torch.zeros(1)})
+    assert sample_metadata(view_only)["extras"] == {"calib": samples[0].extras["calib"],
+                                                    "image_size": samples[0].cameras[0].original_size}
+    items = shipped(samples, kitti_case["detections"])
+    assert all(set(meta["extras"]) == {"calib", "image_size"} for _, _, meta in items)
+    evaluator = build_evaluator(kitti_case["dataset"])
+    for token, det, meta in items:
+        evaluator.add_detections(token, det, **meta)
+    again = evaluator.evaluate()
+    assert assert_close(again.metrics, kitti_case["result"].metrics, 1e-9) <= 1e-9
+    assert assert_close(again.by_distance, kitti_case["result"].by_distance, 1e-9) <= 1e-9
+    # without extras the image size is read from the image file (the calib is required)
+    evaluator.reset()
+    for sample, det in zip(kitti_case["samples"], kitti_case["detections"]):
+        evaluator.add_detections(sample.token, det, extras={"calib": sample.extras["calib"]})
+    assert json.dumps(evaluator.evaluate().metrics) == json.dumps(kitti_case["result"].metrics)
+
+
+def test_add_detections_errors(nus_case: dict[str, Any], kitti_case: dict[str, Any]) -> None:
+    sample, det = nus_case["samples"][0], nus_case["detections"][0]
+    evaluator = build_evaluator(nus_case["dataset"], by_distance=False)
+    with pytest.raises(DataError, match=rf"sample {sample.token}: nuScenes detections need .*lidar_to_ego"):
+        evaluator.add_detections(sample.token, det)
+    meta = sample_metadata(sample)
+    with pytest.raises(DataError, match="sample nope is not in the evaluated split"):
+        evaluator.add_detections("nope", det, **meta)
+    with pytest.raises(DataError, match=rf"sample {sample.token}: detection 1: field 'boxes'.*NaN"):
+        boxes = det.boxes.clone()
+        boxes[1, 0] = float("nan")
+        evaluator.add_detections(sample.token, Detections(boxes, det.scores, det.labels), **meta)
+    with pytest.raises(DataError, match="class 'tram' is not a nuScenes detection class"):
+        evaluator.add_detections(sample.token, det, class_names=["tram"] * 10, **meta)
+    assert len(evaluator) == 0
+    evaluator.add_detections(sample.token, det, **meta)
+    with pytest.raises(DataError, match="added twice"):
+        evaluator.add_detections(sample.token, det, **meta)
+    kitti = build_evaluator(kitti_case["dataset"])
+    ksample, kdet = kitti_case["samples"][0], kitti_case["detections"][0]
+    with pytest.raises(DataError, match=rf"sample {ksample.token}: field 'extras\[\"calib\"\]' is missing"):
+        kitti.add_detections(ksample.token, kdet)
+    bare = KittiDetectionEvaluator(kitti.gt_annos)         # no class names to read labels with
+    with pytest.raises(DataError, match=rf"sample {ksample.token}: no class names"):
+        bare.add_detections(ksample.token, kdet, extras={"calib": ksample.extras["calib"]})

@@ -18,7 +18,9 @@ an absent or empty folder then starts a new run, so a pre-emptible job can alway
 folder's ``test/<split>`` when the checkpoint is in a run folder, else
 ``test_results/<split>``), the official results file (nuScenes ``results_nusc.json`` or
 KITTI ``kitti_results/<frame>.txt``) and, where the split has labels, the metrics
-(``metrics.json`` plus the evaluator's own summary).
+(``metrics.json`` plus the evaluator's own summary, ``metrics_summary.json`` or
+``kitti_metrics.json``, and the distance breakdown ``metrics_by_distance.json``), computed
+by the generic evaluator (:mod:`distill3d.evaluation.evaluator`) as during training.
 
 :func:`run_training` is the whole of ``train`` as a function; ``distill3d distill`` calls it
 with its own module factory (a distiller), so that both commands share DDP, resume,
@@ -73,7 +75,7 @@ def run_training(cfg: ExperimentConfig, *, work_dir: str | None = None, resume: 
     """
     from distill3d.engine.builders import build_dataset, build_eval_loader, build_evaluator, build_train_loader
     from distill3d.engine.checkpoint import find_last_checkpoint
-    from distill3d.engine.distributed import broadcast_object, cleanup_distributed, init_distributed
+    from distill3d.engine.distributed import barrier, broadcast_object, cleanup_distributed, init_distributed
     from distill3d.engine.logging import TrainLogger
     from distill3d.engine.run_dir import RunDir, RunDirError, config_differences, default_run_dir, prepare_run_dir
     from distill3d.engine.trainer import Trainer, seed_everything
@@ -118,7 +120,8 @@ def run_training(cfg: ExperimentConfig, *, work_dir: str | None = None, resume: 
         val_set = build_dataset(cfg, split, training=False, dist=dist, log=logger.info)
         val_loader = build_eval_loader(val_set, cfg.train.val_batch_size or cfg.train.batch_size,
                                        cfg.train.num_workers, cfg.seed, dist)
-        evaluate_fn = build_evaluator(cfg, split, val_set)  # every rank: the same decision
+        # every rank the same decision; rank 0 reads the GT now, so a split it cannot evaluate fails early
+        evaluate_fn = build_evaluator(cfg, split, val_set, dist=dist, log=logger.info)
         if evaluate_fn is None:
             logger.info(f"no evaluator for data.dataset {cfg.data.dataset} split {split!r}: training "
                         "without evaluation (no best.pth)")
@@ -128,6 +131,9 @@ def run_training(cfg: ExperimentConfig, *, work_dir: str | None = None, resume: 
                           val_loader=val_loader if evaluate_fn is not None else None,
                           evaluate_fn=evaluate_fn, logger=logger, seed=cfg.seed, config_text=config_text)
         result = trainer.fit(resume_from=resume_path)
+        # every rank reaches this point before any leaves the process group: a rank that
+        # tears gloo down while another is still finishing makes the other abort
+        barrier(dist)
         if result.best:
             logger.info(f"done: best {result.best['metric']} = {result.best['value']:.4f} at epoch "
                         f"{result.best['epoch']}; checkpoints in {run_dir.checkpoints}")
@@ -162,13 +168,11 @@ def run_test(cfg: ExperimentConfig, ckpt: str | Path, *, out: str | Path | None 
         The metrics (rank 0; ``None`` without labels and on other ranks).
     """
     from distill3d.engine.builders import (
-        KittiEvaluator,
-        NuScenesEvaluator,
         build_dataset,
         build_eval_loader,
         build_evaluator,
         build_model,
-        save_predictions_json,
+        write_results,
     )
     from distill3d.engine.checkpoint import atomic_write_bytes, load_checkpoint, read_checkpoint
     from distill3d.engine.distributed import cleanup_distributed, default_num_threads, init_distributed
@@ -190,6 +194,8 @@ def run_test(cfg: ExperimentConfig, ckpt: str | Path, *, out: str | Path | None 
         used = "EMA" if weights != "model" and payload.get("ema") else "trained"
         say(f"loaded {used} weights from {ckpt_path}")
         dataset = build_dataset(cfg, split, training=False, dist=dist, log=say)
+        # every rank (a collective); rank 0 reads the GT before the inference
+        evaluator = build_evaluator(cfg, split, dataset, dist=dist, log=say)
         loader = build_eval_loader(dataset, cfg.train.val_batch_size or cfg.train.batch_size,
                                    cfg.train.num_workers, cfg.seed, dist)
         model = model.to(dist.device)
@@ -208,24 +214,12 @@ def run_test(cfg: ExperimentConfig, ckpt: str | Path, *, out: str | Path | None 
         if not dist.is_main:
             return None
         out_dir.mkdir(parents=True, exist_ok=True)
-        evaluator = build_evaluator(cfg, split, dataset)
         metrics: dict[str, float] | None = None
         if evaluator is not None:
             metrics = {k: float(v) for k, v in evaluator(predictions, out_dir).items()}
             atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode("utf-8"))
-        elif cfg.data.dataset in ("synthdrive", "nuscenes"):
-            writer = NuScenesEvaluator(getattr(dataset, "root", cfg.data.root), cfg.data.version, split,
-                                       cfg.data.class_names)
-            from distill3d.evaluation.nuscenes import write_nuscenes_results
-
-            write_nuscenes_results(out_dir / "results_nusc.json", writer.results(predictions),
-                                   {"use_camera": False, "use_lidar": True, "use_radar": False,
-                                    "use_map": False, "use_external": False})
-        elif cfg.data.dataset == "kitti":
-            KittiEvaluator(getattr(dataset, "root", cfg.data.root), split,
-                           cfg.data.class_names).write_results(predictions, out_dir)
         else:
-            save_predictions_json(out_dir / "predictions.json", predictions, cfg.data.class_names)
+            write_results(cfg, dataset, predictions, out_dir)
         if metrics is not None:
             for name, value in metrics.items():
                 print(f"{name}: {value:.4f}")

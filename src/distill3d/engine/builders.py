@@ -30,10 +30,13 @@ Loaders: the training loader shards one permutation per epoch over the processes
 so that the global batches are the same whatever the number of processes; it is wrapped in
 a :class:`~distill3d.engine.trainer.ResumableSampler` for mid-epoch resume.
 
-Evaluators (:data:`~distill3d.engine.trainer.EvaluateFn`): nuScenes layouts (``synthdrive``,
-``nuscenes``) use :mod:`distill3d.evaluation.nuscenes` (results JSON, mAP/NDS); ``kitti``
-uses :mod:`distill3d.evaluation.kitti` (result ``.txt`` files, AP R40). Each writes the
-official results file into the evaluation folder it is given.
+Evaluators (:data:`~distill3d.engine.trainer.EvaluateFn`): :class:`DatasetEvaluator` feeds
+the predictions gathered on rank 0 to the generic evaluator of the dataset
+(:func:`distill3d.evaluation.evaluator.build_evaluator`: nuScenes metrics for ``synthdrive``,
+``nuscenes`` and nuScenes infos, KITTI AP for ``kitti`` and KITTI infos; the numbers of
+``distill3d evaluate``). It writes the suite's metrics file, the official results file and
+the distance breakdown into the evaluation folder it is given. Splits without labels have no
+evaluator; :func:`write_results` writes their official results file.
 """
 
 from __future__ import annotations
@@ -47,26 +50,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
 from distill3d.config.schema import DataConfig, ExperimentConfig
 from distill3d.engine.checkpoint import atomic_write_bytes
-from distill3d.engine.distributed import DistInfo, available_cpus, barrier
-from distill3d.engine.trainer import EvaluateFn, Prediction, ResumableSampler
+from distill3d.engine.distributed import DistInfo, available_cpus, barrier, broadcast_object
+from distill3d.engine.trainer import Prediction, ResumableSampler
 from distill3d.errors import ConfigError, Distill3DError
 
 __all__ = [
-    "KittiEvaluator",
-    "NuScenesEvaluator",
+    "PRIMARY_METRICS",
+    "DatasetEvaluator",
     "build_dataset",
     "build_eval_loader",
     "build_evaluator",
     "build_model",
     "build_train_loader",
     "build_transforms",
+    "evaluation_suite",
+    "flat_metrics",
     "save_predictions_json",
     "synthdrive_root",
+    "write_results",
 ]
 
 _SYNTH_PRESET = {"v1.0-mini": "mini", "v1.0-trainval": "small"}
@@ -274,182 +281,222 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=2, default=float).encode("utf-8"))
 
 
-class NuScenesEvaluator:
-    """nuScenes detection metrics of predictions on a split of a nuScenes dataroot.
+#: ``train.best_metric``'s default per suite.
+PRIMARY_METRICS = {"nuscenes": "NDS", "kitti": "mAP_3d_R40_moderate"}
 
-    Writes ``results_nusc.json`` (the official submission format) and
-    ``metrics_summary.json`` into the output folder; returns ``mAP``, ``NDS``, the five TP
-    errors (``mATE``, ``mASE``, ``mAOE``, ``mAVE``, ``mAAE``) and ``AP/<class>``.
-    ``primary_metric`` is ``NDS``.
+
+def evaluation_suite(dataset: Any, split: str | None = None) -> str | None:
+    """The official metric suite of a dataset's split (``"nuscenes"``, ``"kitti"``) or
+    ``None`` where there is none: a nuScenes ``-test`` version, a KITTI split without
+    labels, info files of another dataset (Lyft, ...), a dataset type without a suite. Cheap:
+    nothing is read."""
+    from distill3d.data import InfoDataset, KittiDataset, NuScenesDataset
+
+    if isinstance(dataset, NuScenesDataset):
+        return None if str(dataset.version).endswith("-test") else "nuscenes"
+    if isinstance(dataset, KittiDataset):
+        labelled = getattr(getattr(dataset, "index", None), "has_labels", True)
+        return "kitti" if labelled and (split or dataset.split) != "test" else None
+    if isinstance(dataset, InfoDataset):
+        kind = getattr(dataset, "dataset_kind", None)
+        return kind if kind in PRIMARY_METRICS else None
+    return None
+
+
+def flat_metrics(result: Any) -> dict[str, float]:
+    """The numbers the trainer logs from an
+    :class:`~distill3d.evaluation.evaluator.EvaluationResult`: nuScenes ``mAP``, ``NDS``,
+    ``mATE`` ... ``mAAE``, ``AP/<class>``; KITTI ``<Class>/3d_R40/<level>`` and
+    ``<Class>/bev_R40/<level>`` (levels easy, moderate, hard) per evaluated class, then
+    ``mAP_3d_R40_moderate`` and ``mAP_bev_R40_moderate`` (means over the classes)."""
+    if result.suite == "nuscenes":
+        return {k: float(v) for k, v in result.headline.items()}
+    table = result.metrics["R40"]
+    flat: dict[str, float] = {}
+    for cls in table:
+        for metric in ("3d", "bev"):
+            for level, value in zip(("easy", "moderate", "hard"), table[cls][metric]):
+                flat[f"{cls}/{metric}_R40/{level}"] = float(value)
+    for metric in ("3d", "bev"):
+        key = f"mAP_{metric}_R40_moderate"
+        flat[key] = float(result.headline[key])
+    return flat
+
+
+class DatasetEvaluator:
+    """The :data:`~distill3d.engine.trainer.EvaluateFn` of a split: gathered predictions
+    (:class:`~distill3d.engine.trainer.Prediction` by token) fed to the generic evaluator
+    of the dataset (:func:`distill3d.evaluation.evaluator.build_evaluator`, so the numbers
+    are those of ``distill3d evaluate`` and the devkit) with
+    :meth:`~distill3d.evaluation.evaluator.DetectionEvaluator.add_detections`.
+
+    Calling it evaluates every sample of the split (a missing or foreign token is an
+    error), writes into the output folder what
+    :meth:`~distill3d.evaluation.evaluator.EvaluationResult.write` writes (nuScenes
+    ``metrics_summary.json`` and ``results_nusc.json``; KITTI ``kitti_metrics.json`` and
+    ``kitti_results/``; both ``metrics_by_distance.json``) and returns :func:`flat_metrics`.
+
+    The generic evaluator, and with it the GT, is built on first use (:meth:`prepare`), so
+    that only the evaluating process (rank 0) loads it.
 
     Args:
-        root, version, split: the dataroot, table version and split (GT source).
-        class_names: what the predictions' labels index (nuScenes detection names).
+        dataset: the evaluated split (un-augmented or not: predictions are in the original frame).
+        class_names: what the predictions' labels index (the model's classes).
+        suite: :func:`evaluation_suite` of ``dataset``.
+        by_distance: also evaluate the distance bands.
     """
 
-    primary_metric = "NDS"
-
-    def __init__(self, root: str | os.PathLike[str], version: str, split: str,
-                 class_names: Sequence[str]):
-        from distill3d.evaluation.nuscenes import NUSCENES_DETECTION_CLASSES
-
-        unknown = [c for c in class_names if c not in NUSCENES_DETECTION_CLASSES]
-        if unknown:
-            raise ConfigError(f"nuScenes evaluation: classes {unknown} are not nuScenes detection "
-                              f"classes ({', '.join(NUSCENES_DETECTION_CLASSES)})")
-        self.root = Path(root)
-        self.version = version
-        self.split = split
+    def __init__(self, dataset: Any, class_names: Sequence[str], suite: str, *, by_distance: bool = True):
+        if suite not in PRIMARY_METRICS:
+            raise ValueError(f"unknown suite {suite!r}")
+        self.dataset = dataset
         self.class_names = tuple(class_names)
-        self._gt: Any = None
+        self.suite = suite
+        self.primary_metric = PRIMARY_METRICS[suite]
+        self.by_distance = by_distance
+        self._evaluator: Any = None
 
-    def results(self, predictions: Mapping[str, Prediction]) -> dict[str, list[dict[str, Any]]]:
-        """``{sample_token: [box dict, ...]}`` in the global frame."""
-        from distill3d.evaluation.nuscenes import lidar_detections_to_results
+    def prepare(self) -> Any:
+        """The generic :class:`~distill3d.evaluation.evaluator.DetectionEvaluator` (built,
+        and the GT read, on the first call).
 
-        out = {}
+        Raises:
+            Distill3DError: a split the suite cannot evaluate, unreadable GT.
+        """
+        if self._evaluator is None:
+            from distill3d.evaluation.evaluator import build_evaluator as build_detection_evaluator
+
+            self._evaluator = build_detection_evaluator(self.dataset, by_distance=self.by_distance)
+        return self._evaluator
+
+    def evaluate(self, predictions: Mapping[str, Prediction]) -> Any:
+        """The :class:`~distill3d.evaluation.evaluator.EvaluationResult` of ``predictions``."""
+        evaluator = self.prepare()
+        evaluator.reset()
         for token, pred in predictions.items():
-            det = pred.detections
-            out[token] = lidar_detections_to_results(
-                det.boxes, det.scores, det.labels.numpy(), pred.lidar_to_ego.double().numpy(),
-                pred.ego_to_global.double().numpy(), token, class_names=self.class_names)
-        return out
+            evaluator.add_detections(token, pred.detections, lidar_to_ego=pred.lidar_to_ego,
+                                     ego_to_global=pred.ego_to_global, extras=pred.extras,
+                                     class_names=self.class_names)
+        return evaluator.evaluate()
 
     def __call__(self, predictions: Mapping[str, Prediction], out_dir: Path | None) -> dict[str, float]:
+        result = self.evaluate(predictions)
+        if out_dir is not None:
+            result.write(out_dir)
+        return flat_metrics(result)
+
+
+def build_evaluator(cfg: ExperimentConfig, split: str, dataset: Dataset, *, dist: DistInfo | None = None,
+                    log: Any = None) -> DatasetEvaluator | None:
+    """The evaluator of ``dataset`` (the split ``split`` of ``cfg.data``), or ``None`` where
+    there is no official suite (:func:`evaluation_suite`; info files whose GT cannot be
+    evaluated, the reason passed to ``log``).
+
+    A collective under DDP (every rank calls it and gets the same decision): rank 0 builds
+    the generic evaluator now (so a split the suite refuses or unreadable GT fail before
+    training), the other ranks never load the GT.
+
+    Raises:
+        Distill3DError: a nuScenes or KITTI split the suite cannot evaluate (classes it
+            cannot score, ...), unreadable GT.
+    """
+    dist = dist or DistInfo()
+    suite = evaluation_suite(dataset, split)
+    if suite is None:
+        return None
+    evaluator = DatasetEvaluator(dataset, cfg.data.class_names, suite)
+    failure: BaseException | None = None
+    if dist.is_main:
+        try:
+            evaluator.prepare()
+        except Exception as exc:  # noqa: BLE001 - every rank must learn of it, not only rank 0
+            failure = exc
+    report = None if failure is None else (str(failure), isinstance(failure, Distill3DError))
+    report = broadcast_object(report, dist)
+    if report is None:
+        return evaluator
+    message, refused = report
+    if refused and cfg.data.dataset in ("mmdet3d_infos", "openpcdet_infos"):
+        if log is not None:
+            log(f"no evaluation of split {split!r}: {message}")
+        return None
+    if failure is not None:
+        raise failure
+    raise Distill3DError(f"evaluation of split {split!r} (rank 0): {message}")
+
+
+def _kitti_image_size(dataset: Any, index: int) -> tuple[int, int]:
+    from PIL import Image
+
+    path = Path(dataset.root) / dataset.frame_info(index).image
+    try:
+        with Image.open(path) as image:
+            return int(image.size[0]), int(image.size[1])
+    except OSError as exc:
+        raise Distill3DError(f"frame {dataset.sample_tokens()[index]}: cannot read {path} (its size is "
+                             f"needed for the 2D boxes): {exc}") from None
+
+
+def write_results(cfg: ExperimentConfig, dataset: Dataset, predictions: Mapping[str, Prediction],
+                  out_dir: Path) -> Path:
+    """Write the predictions of a split that is not evaluated (no labels) in the official
+    format, with the suites' own converters: nuScenes layouts ``results_nusc.json`` (the
+    500 best boxes per sample, as evaluation keeps), KITTI ``kitti_results/<frame>.txt``;
+    other datasets ``predictions.json`` (:func:`save_predictions_json`). Returns the path.
+
+    Raises:
+        Distill3DError: predictions missing for samples of the split.
+    """
+    names = tuple(cfg.data.class_names)
+    kind = cfg.data.dataset
+    tokens = list(dataset.sample_tokens()) if hasattr(dataset, "sample_tokens") else sorted(predictions)
+    if kind in ("synthdrive", "nuscenes", "kitti"):
+        missing = [t for t in tokens if t not in predictions]
+        if missing:
+            raise Distill3DError(f"results: no predictions for {len(missing)} of the {len(tokens)} samples, "
+                                 f"e.g. {missing[0]}")
+    if kind in ("synthdrive", "nuscenes"):
         from distill3d.evaluation.nuscenes import (
             NuScenesResults,
-            evaluate_nuscenes,
-            load_nuscenes_gt,
-            write_nuscenes_metrics,
+            lidar_detections_to_results,
             write_nuscenes_results,
         )
 
-        if self._gt is None:
-            self._gt = load_nuscenes_gt(self.root, self.version, self.split)
-        submission = self.results(predictions)
         meta = {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False,
                 "use_external": False}
-        results = NuScenesResults.from_submission(submission, meta, sample_tokens=self._gt.sample_tokens)
-        metrics = evaluate_nuscenes(self._gt, results)
-        if out_dir is not None:
-            write_nuscenes_results(out_dir / "results_nusc.json", results, meta)
-            write_nuscenes_metrics(out_dir / "metrics_summary.json", metrics)
-        errors = metrics.tp_errors
-        flat = {"mAP": metrics.mean_ap, "NDS": metrics.nd_score,
-                **{f"m{_TP_SHORT.get(k, k)}": v for k, v in errors.items()}}
-        flat.update({f"AP/{c}": v for c, v in metrics.mean_dist_aps.items()})
-        return flat
+        submission = {}
+        for token in tokens:
+            pred = predictions[token]
+            det = pred.detections
+            keep = torch.argsort(det.scores, descending=True, stable=True)[:500].sort().values
+            submission[token] = lidar_detections_to_results(
+                det.boxes[keep], det.scores[keep], det.labels[keep].numpy(), pred.lidar_to_ego,
+                pred.ego_to_global, token, class_names=names)
+        path = out_dir / "results_nusc.json"
+        write_nuscenes_results(path, NuScenesResults.from_submission(submission, meta, tokens), meta)
+        return path
+    if kind == "kitti":
+        from distill3d.evaluation.kitti import lidar_detections_to_kitti_annos, write_kitti_results
 
-
-_TP_SHORT = {"trans_err": "ATE", "scale_err": "ASE", "orient_err": "AOE", "vel_err": "AVE",
-             "attr_err": "AAE"}
-
-
-class KittiEvaluator:
-    """KITTI AP of predictions on a split of a KITTI object root.
-
-    Writes one result ``.txt`` per frame into ``out_dir/kitti_results/`` (the official
-    format) and ``kitti_metrics.json``; returns ``<Class>/3d_R40/<level>`` and
-    ``<Class>/bev_R40/<level>`` for the evaluated classes and levels easy, moderate, hard,
-    plus ``mAP_3d_R40_moderate`` (the primary metric): the mean over classes of the
-    moderate 3D AP R40.
-    """
-
-    primary_metric = "mAP_3d_R40_moderate"
-
-    def __init__(self, root: str | os.PathLike[str], split: str, class_names: Sequence[str]):
-        from distill3d.evaluation.kitti import KITTI_EVAL_CLASSES
-
-        self.root = Path(root)
-        self.split = split
-        self.class_names = tuple(class_names)
-        self.eval_classes = [c for c in class_names if c in KITTI_EVAL_CLASSES]
-        if not self.eval_classes:
-            raise ConfigError(f"KITTI evaluation needs one of {', '.join(KITTI_EVAL_CLASSES)} in "
-                              f"data.class_names, got {list(class_names)}")
-        self._gt: list[dict[str, Any]] | None = None
-        self._image_sizes: dict[str, tuple[int, int]] = {}
-
-    def _image_size(self, frame_id: str, pred: Prediction) -> tuple[int, int]:
-        size = pred.extras.get("image_size")
-        if size is not None:
-            return int(size[0]), int(size[1])
-        if frame_id not in self._image_sizes:
-            from PIL import Image
-
-            path = self.root / "training" / "image_2" / f"{frame_id}.png"
-            with Image.open(path) as image:
-                self._image_sizes[frame_id] = image.size
-        return self._image_sizes[frame_id]
-
-    def annos(self, predictions: Mapping[str, Prediction], frame_ids: Sequence[str]) -> list[dict[str, Any]]:
-        """KITTI detection anno dicts of ``frame_ids`` (camera frame, 2D boxes)."""
-        from distill3d.evaluation.kitti import lidar_detections_to_kitti_annos
-
-        missing = [f for f in frame_ids if f not in predictions]
-        if missing:
-            raise Distill3DError(f"KITTI results: no predictions for {len(missing)} frames of split "
-                                 f"{self.split!r}, e.g. {missing[:5]}")
         annos = []
-        for frame_id in frame_ids:
-            pred = predictions[frame_id]
+        for i, token in enumerate(tokens):
+            pred = predictions[token]
             calib = pred.extras.get("calib")
             if calib is None:
-                raise Distill3DError(f"KITTI results: frame {frame_id} has no calib in its extras")
+                raise Distill3DError(f"KITTI results: frame {token} has no calib")
+            size = pred.extras.get("image_size") or _kitti_image_size(dataset, i)
             det = pred.detections
-            names = np.asarray([self.class_names[int(i)] for i in det.labels.tolist()], dtype=str)
-            anno = lidar_detections_to_kitti_annos(det.boxes[:, :7], det.scores, names, calib,
-                                                   self._image_size(frame_id, pred))
+            labels = np.asarray([names[int(label)] for label in det.labels.tolist()], dtype=str)
+            anno = lidar_detections_to_kitti_annos(det.boxes[:, :7].double(), det.scores, labels, calib,
+                                                   (int(size[0]), int(size[1])))
             anno.pop("box_index", None)
-            anno["frame_id"] = frame_id
             annos.append(anno)
-        return annos
-
-    def write_results(self, predictions: Mapping[str, Prediction], out_dir: Path) -> Path:
-        """Write ``out_dir/kitti_results/<frame>.txt`` for every predicted frame (no GT
-        needed: also for the test split); returns the folder."""
-        from distill3d.evaluation.kitti import write_kitti_results
-
-        frame_ids = sorted(predictions)
-        folder = out_dir / "kitti_results"
-        write_kitti_results(folder, frame_ids, self.annos(predictions, frame_ids))
-        return folder
-
-    def __call__(self, predictions: Mapping[str, Prediction], out_dir: Path | None) -> dict[str, float]:
-        from distill3d.evaluation.kitti import evaluate_kitti, load_kitti_gt, write_kitti_results
-
-        if self._gt is None:
-            self._gt = load_kitti_gt(self.root, self.split)
-        frame_ids = [a["frame_id"] for a in self._gt]
-        annos = self.annos(predictions, frame_ids)
-        result = evaluate_kitti(self._gt, annos, self.eval_classes)
-        if out_dir is not None:
-            write_kitti_results(out_dir / "kitti_results", frame_ids, annos)
-            _write_json(out_dir / "kitti_metrics.json", result)
-        flat: dict[str, float] = {}
-        levels = ("easy", "moderate", "hard")
-        for cls in self.eval_classes:
-            for metric in ("3d", "bev"):
-                for level, value in zip(levels, result["R40"][cls][metric]):
-                    flat[f"{cls}/{metric}_R40/{level}"] = float(value)
-        flat["mAP_3d_R40_moderate"] = float(np.mean([result["R40"][c]["3d"][1] for c in self.eval_classes]))
-        return flat
-
-
-def build_evaluator(cfg: ExperimentConfig, split: str, dataset: Dataset | None = None) -> EvaluateFn | None:
-    """The evaluator of ``cfg.data`` on ``split`` (``None`` where there is none: info
-    files, or a split without labels)."""
-    data = cfg.data
-    if data.dataset in ("synthdrive", "nuscenes"):
-        root = getattr(dataset, "root", None) or data.root
-        if data.version.endswith("-test"):
-            return None
-        return NuScenesEvaluator(root, data.version, split, data.class_names)
-    if data.dataset == "kitti":
-        if split == "test":
-            return None
-        return KittiEvaluator(getattr(dataset, "root", None) or data.root, split, data.class_names)
-    return None
+        path = out_dir / "kitti_results"
+        write_kitti_results(path, tokens, annos)
+        return path
+    path = out_dir / "predictions.json"
+    save_predictions_json(path, predictions, names)
+    return path
 
 
 def save_predictions_json(path: Path, predictions: Mapping[str, Prediction],

@@ -442,14 +442,18 @@ def _find_resumable(loader: Any) -> ResumableSampler | None:
 
 @dataclass
 class Prediction:
-    """One sample's detections and what evaluators need to place them.
+    """One sample's detections and what evaluators need to place them: plain CPU data, what
+    the processes send to rank 0 (:func:`gather_predictions`).
 
     Attributes:
         token: the sample token (nuScenes) or frame id (KITTI).
-        detections: on the CPU, in the sample's **original** (un-augmented) key LiDAR frame.
+        detections: on the CPU, in the sample's **original** (un-augmented) key LiDAR frame
+            (boxes mapped back with
+            :func:`~distill3d.evaluation.evaluator.boxes_to_original_frame` are float64).
         lidar_to_ego: ``(4, 4)`` key LiDAR -> ego.
         ego_to_global: ``(4, 4)`` float64 ego -> global.
-        extras: the sample's ``extras`` (KITTI ``calib`` and ``image_size``, ...).
+        extras: the sample's extras that evaluators read (KITTI ``calib`` and
+            ``image_size``; see :func:`~distill3d.evaluation.evaluator.sample_metadata`).
     """
 
     token: str
@@ -460,22 +464,26 @@ class Prediction:
 
 
 #: ``evaluate_fn(predictions by token, output folder or None) -> {metric: value}``; it
-#: may have a ``primary_metric`` attribute (the default of ``train.best_metric``).
+#: may have a ``primary_metric`` attribute (the default of ``train.best_metric``). The
+#: builders' is :class:`~distill3d.engine.builders.DatasetEvaluator`.
 EvaluateFn = Callable[[Mapping[str, Prediction], "Path | None"], Mapping[str, float]]
 
 
 def _to_original_frame(det: Detections, sample: Any) -> Detections:
+    """``det`` (in ``sample``'s possibly augmented frame) in the original frame, mapped back
+    with the evaluator's :func:`~distill3d.evaluation.evaluator.boxes_to_original_frame`
+    (float64 boxes); ``det`` itself when ``sample.bev_transform`` is the identity."""
     bev = getattr(sample, "bev_transform", None)
-    if bev is None or torch.allclose(bev.double().cpu(), torch.eye(4, dtype=torch.float64)):
+    if bev is None or torch.equal(bev.detach().cpu().double(), torch.eye(4, dtype=torch.float64)):
         return det
-    from distill3d.data.sample import Sample
-    from distill3d.data.transforms import apply_bev_transform
+    from distill3d.evaluation.evaluator import boxes_to_original_frame
 
-    probe = Sample(token=sample.token, points=torch.zeros(0, 4), boxes=det.boxes.float(),
-                   labels=det.labels.long(), class_names=tuple(sample.class_names),
-                   bev_transform=bev.float().cpu())
-    back = apply_bev_transform(probe, torch.linalg.inv(bev.double().cpu()))
-    return Detections(back.boxes.to(det.boxes.dtype), det.scores, det.labels)
+    try:
+        boxes = boxes_to_original_frame(det.boxes, bev)
+    except ValueError as exc:
+        raise Distill3DError(f"sample {sample.token}: cannot map the detections back to the original "
+                             f"frame: {exc}") from None
+    return Detections(torch.from_numpy(boxes), det.scores, det.labels)
 
 
 def _move(batch: Any, device: torch.device) -> Any:
@@ -496,8 +504,12 @@ def predict(model: nn.Module, loader: Iterable[Any], device: torch.device | str,
         progress: ``callback(done_batches, total_batches)``.
 
     Returns:
-        ``{token: Prediction}`` of this process's share of the loader.
+        ``{token: Prediction}`` of this process's share of the loader (detections in each
+        sample's original frame; poses and evaluated extras from
+        :func:`~distill3d.evaluation.evaluator.sample_metadata`).
     """
+    from distill3d.evaluation.evaluator import sample_metadata
+
     device = torch.device(device)
     module = as_train_module(model)
     was_training = module.training
@@ -520,12 +532,16 @@ def predict(model: nn.Module, loader: Iterable[Any], device: torch.device | str,
                                  det.labels.detach().cpu())
                 sample = batch.samples[b] if getattr(batch, "samples", None) else None
                 if sample is not None:
-                    det = _to_original_frame(det, sample)
-                out[batch.tokens[b]] = Prediction(
-                    token=batch.tokens[b], detections=det,
-                    lidar_to_ego=batch.lidar_to_ego[b].detach().cpu(),
-                    ego_to_global=batch.ego_to_global[b].detach().cpu(),
-                    extras=dict(sample.extras) if sample is not None else {})
+                    meta = sample_metadata(sample)
+                    out[batch.tokens[b]] = Prediction(
+                        token=batch.tokens[b], detections=_to_original_frame(det, sample),
+                        lidar_to_ego=meta["lidar_to_ego"], ego_to_global=meta["ego_to_global"],
+                        extras=meta["extras"])
+                else:
+                    out[batch.tokens[b]] = Prediction(
+                        token=batch.tokens[b], detections=det,
+                        lidar_to_ego=batch.lidar_to_ego[b].detach().cpu().clone(),
+                        ego_to_global=batch.ego_to_global[b].detach().cpu().clone())
             if progress is not None:
                 progress(i + 1, total)
     finally:
@@ -535,7 +551,9 @@ def predict(model: nn.Module, loader: Iterable[Any], device: torch.device | str,
 
 def gather_predictions(predictions: Mapping[str, Prediction], info: DistInfo) -> dict[str, Prediction]:
     """Every rank's predictions merged (by token; the distributed sampler's padding
-    duplicates collapse), on every rank."""
+    duplicates collapse), on every rank. What travels is plain picklable CPU data
+    (:class:`Prediction`: token, boxes, scores, labels, poses, KITTI calib and image size),
+    never the samples."""
     merged: dict[str, Prediction] = {}
     for part in all_gather_objects(dict(predictions), info):
         merged.update(part)

@@ -12,6 +12,11 @@ The training loop evaluates every N epochs with it::
     log(result.headline)                            # {"mAP": ..., "NDS": ..., "AP/car": ...}
     result.write(run_dir / f"eval_epoch_{epoch}")   # metrics, results file, distance bands
 
+Under DDP each process sends its detections as plain data with what the evaluator reads from
+the samples (:func:`sample_metadata`: poses, augmentation, KITTI calibration and image size),
+and the evaluating process adds them with :meth:`DetectionEvaluator.add_detections`, which
+gives what :meth:`DetectionEvaluator.add` gives with the samples.
+
 The numbers are by construction those of the file-based path (``distill3d evaluate`` on the
 results file that :meth:`EvaluationResult.write` leaves behind): detections are converted
 with the suites' own helpers (:func:`~distill3d.evaluation.nuscenes.lidar_detections_to_results`,
@@ -103,6 +108,7 @@ __all__ = [
     "kitti_headline",
     "nuscenes_evaluation_result",
     "nuscenes_headline",
+    "sample_metadata",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -431,6 +437,53 @@ def _field(detections: Any, name: str, token: str) -> Any:
                         f"distill3d.structures.Detections)") from None
 
 
+#: The ``Sample.extras`` entries the evaluators read (KITTI calibration and image size).
+_EVALUATED_EXTRAS = ("calib", "image_size")
+
+
+def _cpu_copy(value: Any) -> Any:
+    """A tensor detached, on the CPU, with its own storage (so that pickling it does not
+    carry a whole batch); anything else as is."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu").clone()
+    return value
+
+
+def sample_metadata(sample: Any) -> dict[str, Any]:
+    """What the evaluators read from a sample besides its detections, as plain picklable
+    data: ``{"lidar_to_ego", "ego_to_global", "bev_transform", "extras"}`` (CPU tensors;
+    ``extras`` holds only the KITTI ``calib`` and ``image_size``, the latter also taken from
+    an ``image_2`` camera view).
+
+    ``evaluator.add_detections(sample.token, det, **sample_metadata(sample))`` gives what
+    ``evaluator.add([sample], [det])`` gives, so that processes can send their detections
+    to the evaluating one without their samples (points, images).
+    """
+    source = getattr(sample, "extras", None) or {}
+    extras = {k: _cpu_copy(source[k]) for k in _EVALUATED_EXTRAS if k in source}
+    if extras.get("image_size") is None:
+        extras.pop("image_size", None)
+        for view in getattr(sample, "cameras", ()):
+            if view.name == "image_2" and min(view.original_size) > 0:
+                extras["image_size"] = (int(view.original_size[0]), int(view.original_size[1]))
+                break
+    return {"lidar_to_ego": _cpu_copy(sample.lidar_to_ego), "ego_to_global": _cpu_copy(sample.ego_to_global),
+            "bev_transform": _cpu_copy(sample.bev_transform), "extras": extras}
+
+
+@dataclass(frozen=True)
+class _SampleView:
+    """The fields of a sample that :meth:`DetectionEvaluator.add_detections` is given."""
+
+    token: str
+    lidar_to_ego: Any
+    ego_to_global: Any
+    bev_transform: Any
+    extras: Mapping[str, Any]
+    class_names: tuple[str, ...] = ()
+    cameras: tuple[Any, ...] = ()
+
+
 class DetectionEvaluator(ABC):
     """Collects detections of our samples during a validation pass and evaluates them with
     one metric suite. Build one with :func:`build_evaluator`.
@@ -509,6 +562,44 @@ class DetectionEvaluator(ABC):
         for sample, det in zip(samples, detections):
             names = class_names if class_names is not None else (self.class_names or sample.class_names)
             self._add_sample(sample, det, tuple(names))
+
+    def add_detections(self, token: str, detections: Any, *, lidar_to_ego: Any = None,
+                       ego_to_global: Any = None, bev_transform: Any = None,
+                       extras: Mapping[str, Any] | None = None,
+                       class_names: Sequence[str] | None = None) -> None:
+        """Add one sample's detections given what the evaluator reads from the sample
+        (:func:`sample_metadata`) instead of the sample itself: for detections gathered from
+        other processes as plain data. ``add_detections(s.token, det, **sample_metadata(s))``
+        is ``add([s], [det])``.
+
+        Args:
+            token: the sample token (KITTI: the frame id).
+            detections: as for :meth:`add`, in the frame ``bev_transform`` maps to.
+            lidar_to_ego, ego_to_global: the sample's ``(4, 4)`` poses (nuScenes needs them).
+            bev_transform: ``(4, 4)`` original -> the detections' frame (default: the
+                identity: detections in the original key LiDAR frame).
+            extras: the sample's KITTI ``calib`` and ``image_size`` (``image_2`` width,
+                height; default: read from the image file).
+            class_names: what ``detections.labels`` index (default: the evaluator's).
+
+        Raises:
+            DataError: as :meth:`add`; nuScenes detections without the poses; no class names.
+        """
+        token = str(token)
+        names = tuple(class_names) if class_names is not None else self.class_names
+        if names is None:
+            raise DataError(f"sample {token}: no class names for the detection labels (pass class_names "
+                            f"or build the evaluator with them)")
+        if self.suite == "nuscenes" and (lidar_to_ego is None or ego_to_global is None):
+            raise DataError(f"sample {token}: nuScenes detections need the sample's lidar_to_ego and "
+                            f"ego_to_global (the results are in the global frame)")
+        eye = torch.eye(4, dtype=torch.float64)
+        view = _SampleView(token=token,
+                           lidar_to_ego=eye if lidar_to_ego is None else lidar_to_ego,
+                           ego_to_global=eye if ego_to_global is None else ego_to_global,
+                           bev_transform=eye if bev_transform is None else bev_transform,
+                           extras=dict(extras or {}), class_names=names)
+        self._add_sample(view, detections, names)
 
     def _add_sample(self, sample: Any, det: Any, class_names: tuple[str, ...]) -> None:
         token = str(sample.token)
