@@ -11,10 +11,18 @@ import sys
 from typing import Sequence
 
 from distill3d import __version__
-from distill3d.commands import config_cmd, data_cmd, planned, synth_cmd
+from distill3d.commands import (
+    config_cmd,
+    data_cmd,
+    evaluate_cmd,
+    planned,
+    profile_cmd,
+    synth_cmd,
+    train_cmd,
+)
 from distill3d.errors import Distill3DError
 
-COMMAND_MODULES = (config_cmd, synth_cmd, data_cmd, planned)
+COMMAND_MODULES = (config_cmd, synth_cmd, data_cmd, train_cmd, profile_cmd, evaluate_cmd, planned)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,31 +35,14 @@ _RUN_FOLDER = [
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    _config_verb(subparsers, "train", "train a detector", "issue 6, training engine", _RUN_FOLDER)
     _config_verb(subparsers, "distill", "train a student by distillation from a teacher",
                  "issue 7, distillation core", [
                      (("--teacher-ckpt",), {"help": "teacher checkpoint"}),
                      (("--method",), {"help": "method preset, e.g. pointdistiller"}), *_RUN_FOLDER])
-    _config_verb(subparsers, "test", "run a checkpoint on a split and write results and metrics",
-                 "issue 6, training engine", [
-                     (("--ckpt",), {"help": "checkpoint to evaluate"}),
-                     (("--out",), {"help": "output folder"})])
-    _config_verb(subparsers, "profile", "parameters, FLOPs and latency of a detector, per stage",
-                 "issue 6, detectors")
     _config_verb(subparsers, "export", "export a student to ONNX (adapters stripped)",
                  "ONNX export issue", [(("--ckpt",), {"help": "checkpoint"}), (("--out",), {"help": "output .onnx"})])
     _config_verb(subparsers, "cache-teacher", "run the teacher once and cache its outputs",
                  "issue 7, teacher cache", [(("--teacher-ckpt",), {"help": "teacher checkpoint"})])
-
-    evaluate = subparsers.add_parser("evaluate", help="nuScenes or KITTI metrics of a results file [planned]",
-                                     description="Official nuScenes / KITTI metrics. Planned: issue 5.")
-    evaluate.add_argument("--dataset", choices=["nuscenes", "kitti"], required=True)
-    evaluate.add_argument("--dataroot", required=True)
-    evaluate.add_argument("--version", help="nuScenes version, e.g. v1.0-mini")
-    evaluate.add_argument("--split", required=True)
-    evaluate.add_argument("--results", required=True, help="results JSON (nuScenes) or folder of .txt (KITTI)")
-    evaluate.add_argument("--out", help="metrics JSON to write")
-    evaluate.set_defaults(func=_not_available, planned_for="issue 5, evaluation")
 
     demo = subparsers.add_parser("demo", help="distil a student on SynthDrive end to end [planned]",
                                  description="Teacher, student and distilled student on SynthDrive, "
