@@ -18,17 +18,15 @@ What is measured
   encoder includes voxelisation) and in total; with ``--train``, also the median of a
   training step (forward, loss, backward) in train mode.
 
-The input is a synthetic LiDAR-like batch (:func:`synthetic_batch`): a 32-beam spinning
-LiDAR 1.8 m above a flat ground, with walls and car-sized boxes around it (about 30 000
-points per sweep, like SynthDrive and nuScenes), with the configured number of sweeps and
-a ``time_lag`` column when the data has sweeps.
+The input is a SynthDrive frame made in memory (:func:`synthetic_batch`): a 32-beam
+nuScenes-like sweep of a generated street (about 30 000 points), with the configured number
+of sweeps and a ``time_lag`` column when the data has sweeps.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -38,8 +36,7 @@ from typing import TYPE_CHECKING, Any
 from distill3d.commands.config_cmd import add_set_argument
 from distill3d.errors import Distill3DError
 
-if TYPE_CHECKING:  # torch and numpy are imported when the command runs, not when the CLI starts
-    import numpy as np
+if TYPE_CHECKING:  # torch is imported when the command runs, not when the CLI starts
     import torch
 
 __all__ = ["profile_detector", "register", "synthetic_batch"]
@@ -48,37 +45,15 @@ __all__ = ["profile_detector", "register", "synthetic_batch"]
 # ----------------------------------------------------------------------------- input
 
 
-def _ray_box_hits(origin: np.ndarray, dirs: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Distance along each ray (``dirs`` (R, 3), unit) to the first yaw-rotated box
-    (``boxes`` (K, 7)), ``inf`` when none; slab test in each box's frame."""
-    import numpy as np
-
-    best = np.full(dirs.shape[0], np.inf)
-    for box in boxes:  # a few tens of boxes
-        c, size, yaw = box[:3], box[3:6], box[6]
-        cos, sin = math.cos(-yaw), math.sin(-yaw)
-        rot = np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
-        o = rot @ (origin - c)
-        d = dirs @ rot.T
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t1 = (-size / 2 - o) / d
-            t2 = (size / 2 - o) / d
-        tmin = np.nanmax(np.minimum(t1, t2), axis=1)
-        tmax = np.nanmin(np.maximum(t1, t2), axis=1)
-        hit = (tmax >= tmin) & (tmin > 0)
-        best = np.where(hit & (tmin < best), tmin, best)
-    return best
-
-
 def synthetic_batch(batch_size: int = 1, class_names: tuple[str, ...] | list[str] = ("car",), sweeps: int = 1,
-                    seed: int = 0, beams: int = 32, azimuth_steps: int = 1084, max_range: float = 80.0) -> Any:
-    """A SynthDrive-like LiDAR batch for profiling (no file is read).
+                    seed: int = 0, lidar: str = "nuscenes32") -> Any:
+    """A SynthDrive LiDAR batch for profiling, made in memory (no file is read or written).
 
-    Each sample: a ``beams``-beam spinning LiDAR (elevations -30 to +10 degrees, nuScenes
-    HDL-32E-like) at the origin, 1.8 m above a flat ground (z = -1.8 in the sensor frame),
-    surrounded by 24 car-sized boxes and 8 building walls at random places. With
-    ``sweeps > 1``, earlier sweeps are the same scene seen 0.5 m further back per sweep,
-    with a ``time_lag`` column (0.05 s per sweep). The GT boxes are the cars (label 0).
+    Sample ``b`` is the first keyframe of SynthDrive scene ``seed * 1000 + b`` scanned by
+    the ``lidar`` preset (a 32-beam nuScenes-like sweep by default, about 30 000 points),
+    in that sensor's frame. With ``sweeps > 1`` the previous 20 Hz sweeps are scanned at
+    their own times and moved into the key frame through the poses, with a ``time_lag``
+    column (0.05 s per sweep). GT boxes are the annotated objects of ``class_names``.
 
     Returns:
         A :class:`~distill3d.data.loader.Batch` on the CPU.
@@ -88,48 +63,41 @@ def synthetic_batch(batch_size: int = 1, class_names: tuple[str, ...] | list[str
 
     from distill3d.data.loader import collate_samples
     from distill3d.data.sample import Sample
+    from distill3d.synth.lidar import lidar_preset, lidar_sensor_to_world, scan_lidar
+    from distill3d.synth.world import Scene, SceneConfig
 
-    rng = np.random.default_rng(seed)
-    elev = np.deg2rad(np.linspace(-30.0, 10.0, beams))
-    azim = -np.pi + (np.arange(azimuth_steps) + 0.5) * 2 * np.pi / azimuth_steps
-    ee, aa = np.meshgrid(elev, azim, indexing="ij")
-    dirs = np.stack([np.cos(ee) * np.cos(aa), np.cos(ee) * np.sin(aa), np.sin(ee)], -1).reshape(-1, 3)
+    config = lidar_preset(lidar)
+    label_of = {name: i for i, name in enumerate(class_names)}
     samples = []
     for b in range(batch_size):
-        n_cars = 24
-        r = rng.uniform(5.0, 50.0, n_cars)
-        phi = rng.uniform(-np.pi, np.pi, n_cars)
-        cars = np.stack([r * np.cos(phi), r * np.sin(phi), np.full(n_cars, -1.8 + 0.8),
-                         rng.uniform(3.8, 5.0, n_cars), rng.uniform(1.7, 2.0, n_cars), np.full(n_cars, 1.6),
-                         rng.uniform(-np.pi, np.pi, n_cars)], axis=1)
-        walls = []
-        for k in range(8):
-            phi_w = k * np.pi / 4 + rng.uniform(-0.3, 0.3)
-            d = rng.uniform(30.0, 60.0)
-            walls.append([d * np.cos(phi_w), d * np.sin(phi_w), 2.0, 3.0, rng.uniform(20.0, 40.0), 8.0, phi_w])
-        obstacles = np.concatenate([cars, np.asarray(walls)])
+        scene = Scene(SceneConfig(seed=seed * 1000 + b, num_keyframes=2))
+        t_key = float(scene.keyframe_times()[-1])
+        key_state = scene.state_at(t_key)
+        world_to_key = np.linalg.inv(lidar_sensor_to_world(key_state, config))
+        rng = np.random.default_rng([seed, b])
         parts = []
         for s in range(max(1, sweeps)):
-            origin = np.array([0.0, -0.5 * s, 0.0])
-            t_obj = _ray_box_hits(origin, dirs, obstacles)
-            with np.errstate(divide="ignore"):
-                t_ground = np.where(dirs[:, 2] < 0, -1.8 / dirs[:, 2], np.inf)
-            t = np.minimum(t_obj, t_ground)
-            keep = t < max_range
-            t = t[keep] * (1.0 + rng.normal(0.0, 0.002, keep.sum()))
-            xyz = origin + dirs[keep] * t[:, None]
-            intensity = rng.integers(0, 256, xyz.shape[0]).astype(np.float64)
-            cols = [xyz, intensity[:, None]]
+            state = key_state if s == 0 else scene.state_at(t_key - 0.05 * s)
+            points = scan_lidar(state, config, rng).astype(np.float64)
+            to_key = world_to_key @ lidar_sensor_to_world(state, config)
+            xyz = points[:, :3] @ to_key[:3, :3].T + to_key[:3, 3]
+            cols = [xyz, points[:, 3:4]]
             if sweeps > 1:
                 cols.append(np.full((xyz.shape[0], 1), 0.05 * s))
             parts.append(np.concatenate(cols, axis=1))
-        points = torch.from_numpy(np.concatenate(parts)).float()
+        kept = [o for o in key_state.objects if o.name in label_of]
+        boxes = np.zeros((len(kept), 9))
+        if kept:
+            world = np.stack([o.box for o in kept])
+            boxes[:, :3] = world[:, :3] @ world_to_key[:3, :3].T + world_to_key[:3, 3]
+            boxes[:, 3:6] = world[:, 3:6]
+            heading = np.arctan2(world_to_key[1, 0], world_to_key[0, 0])
+            boxes[:, 6] = np.remainder(world[:, 6] + heading + np.pi, 2 * np.pi) - np.pi
+            boxes[:, 7:9] = world[:, 7:9] @ world_to_key[:2, :2].T
         features = ("x", "y", "z", "intensity") + (("time_lag",) if sweeps > 1 else ())
-        boxes = torch.zeros(n_cars, 9)
-        boxes[:, :7] = torch.from_numpy(cars).float()
-        samples.append(Sample(token=f"synthetic-{seed}-{b}", points=points, point_features=features, boxes=boxes,
-                              labels=torch.zeros(n_cars, dtype=torch.long),
-                              num_points=torch.full((n_cars,), -1, dtype=torch.long),
+        samples.append(Sample(token=f"synthetic-{seed}-{b}", points=torch.from_numpy(np.concatenate(parts)).float(),
+                              point_features=features, boxes=torch.from_numpy(boxes).float(),
+                              labels=torch.tensor([label_of[o.name] for o in kept], dtype=torch.long),
                               class_names=tuple(class_names)))
     return collate_samples(samples)
 
