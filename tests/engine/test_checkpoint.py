@@ -18,7 +18,7 @@ import torch
 from engine_helpers import TinyBEVDetector
 from torch import nn
 
-from distill3d.engine import checkpoint as ckpt_mod
+from distill3d import atomic_io
 from distill3d.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -73,7 +73,7 @@ def test_crash_mid_write_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: 
         written.extend(tmp_path.glob(".last.pth.*.tmp"))
         raise OSError("simulated crash: no space left on device")
 
-    monkeypatch.setattr(ckpt_mod, "_write_all", crashing_write)
+    monkeypatch.setattr(atomic_io, "_write_all", crashing_write)
     with pytest.raises(OSError, match="simulated crash"):
         save_checkpoint(_payload(second, global_step=2), path)
     # the partial temp file was in the same folder, and is gone; the old file is untouched
@@ -93,12 +93,13 @@ def test_process_killed_during_write_keeps_previous_checkpoint(tmp_path: Path) -
                      "model": {"w": torch.zeros(10)}, "global_step": 1}, path)
     script = textwrap.dedent(f"""
         import time, torch
+        from distill3d import atomic_io
         from distill3d.engine import checkpoint as c
         def slow(handle, data):
             view = memoryview(data)
             for i in range(0, len(view), 4096):
                 handle.write(view[i:i + 4096]); handle.flush(); time.sleep(0.05)
-        c._write_all = slow
+        atomic_io._write_all = slow
         payload = {{"format": c.CHECKPOINT_FORMAT, "version": c.CHECKPOINT_VERSION,
                     "model": {{"w": torch.ones(200_000)}}, "global_step": 2}}
         c.save_checkpoint(payload, {str(path)!r})

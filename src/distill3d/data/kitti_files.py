@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from distill3d.atomic_io import atomic_write_text
 from distill3d.geometry.convert import KittiCalib
 
 __all__ = [
@@ -244,19 +244,7 @@ def write_kitti_labels(path: PathLike, objects: Iterable[KittiObject],
             numbers.append(obj.score)
         cols += [_format_number(v, precision) for v in numbers]
         lines.append(" ".join(cols) + "\n")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_text(path, "".join(lines))
 
 
 def kitti_objects_to_arrays(objects: Sequence[KittiObject]) -> dict[str, np.ndarray]:

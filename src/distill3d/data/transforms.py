@@ -65,11 +65,11 @@ recount).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +80,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from distill3d.atomic_io import atomic_write_bytes
 from distill3d.data.dataset import SampleTransform
 from distill3d.data.errors import DataError
 from distill3d.data.sample import CameraView, Sample
@@ -1046,16 +1047,9 @@ def build_gt_database(dataset: Any, out_dir: str | os.PathLike[str],
         "box_index": np.asarray(rows["box_index"], dtype=np.int64),
     }
     index_path = out / GT_DATABASE_INDEX
-    fd, tmp = tempfile.mkstemp(prefix=f".{GT_DATABASE_INDEX}.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, index_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(index_path, buffer.getbuffer())
     return index_path
 
 

@@ -36,7 +36,6 @@ import io
 import os
 import random
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill3d.atomic_io import atomic_write_bytes
 from distill3d.errors import Distill3DError
 
 __all__ = [
@@ -73,7 +73,6 @@ __all__ = [
 CHECKPOINT_FORMAT = "distill3d.checkpoint"
 CHECKPOINT_VERSION = 1
 
-_CHUNK = 16 << 20
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")
 _LIST_LIMIT = 40
 
@@ -83,46 +82,6 @@ class CheckpointError(Distill3DError):
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def _write_all(handle: Any, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``handle`` in chunks (a separate function so that tests can
-    simulate a crash in the middle of a write)."""
-    view = memoryview(data)
-    for start in range(0, len(view), _CHUNK):
-        handle.write(view[start:start + _CHUNK])
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist a folder entry (the rename) where the OS allows opening folders."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems refuse
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, ``fsync`` and
-    ``os.replace``: a crash leaves the previous file (or none), never a partial one."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            _write_all(handle, data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
 
 
 def serialize(payload: Mapping[str, Any]) -> bytes:

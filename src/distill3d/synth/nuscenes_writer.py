@@ -69,7 +69,6 @@ import itertools
 import json
 import os
 import struct
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -81,6 +80,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from distill3d.atomic_io import atomic_write_bytes
 from distill3d.geometry.points import count_points_in_boxes, points_in_boxes_indices
 from distill3d.synth.camera import (
     CameraConfig,
@@ -228,23 +228,6 @@ def make_token(seed: int, table: str, *key: object) -> str:
     """Deterministic nuScenes token: 32 hex digits from the dataset seed, a table and a key."""
     text = "synthdrive/" + str(int(seed)) + "/" + table + "/" + "/".join(str(k) for k in key)
     return hashlib.md5(text.encode("utf-8")).hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and
-    :func:`os.replace`, so a reader never sees a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
