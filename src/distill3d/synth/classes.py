@@ -110,8 +110,10 @@ _VEHICLE_ATTRS = ("vehicle.moving", "vehicle.parked", "vehicle.stopped")
 _PED_ATTRS = ("pedestrian.moving", "pedestrian.standing", "pedestrian.sitting_lying_down")
 _CYCLE_ATTRS = ("cycle.with_rider", "cycle.without_rider")
 
-# Annotation counts of nuScenes train per class (CBGS, Table 1) -> target shares.
-_COUNTS = {
+#: Annotations per class in the nuScenes *train* split: CBGS paper (Zhu et al., "Class-balanced
+#: Grouping and Sampling for Point Cloud 3D Object Detection", arXiv:1908.09492, Table 1).
+#: They set SynthDrive's target class frequencies and the reference in ``synth.stats``.
+NUSCENES_TRAIN_COUNTS: dict[str, int] = {
     "car": 413_318,
     "truck": 72_815,
     "bus": 13_163,
@@ -123,7 +125,7 @@ _COUNTS = {
     "traffic_cone": 82_362,
     "barrier": 125_095,
 }
-_TOTAL = float(sum(_COUNTS.values()))
+_TOTAL = float(sum(NUSCENES_TRAIN_COUNTS.values()))
 
 
 def _spec(
@@ -152,7 +154,7 @@ def _spec(
         speed_range=speed,
         attributes=attributes,
         kitti=kitti,
-        frequency=_COUNTS[name] / _TOTAL,
+        frequency=NUSCENES_TRAIN_COUNTS[name] / _TOTAL,
     )
 
 

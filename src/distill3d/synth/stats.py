@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from distill3d.synth.classes import CLASS_NAMES
+from distill3d.synth.classes import CLASS_NAMES, NUSCENES_TRAIN_COUNTS
 
 __all__ = [
     "DISTANCE_BINS",
@@ -302,21 +302,6 @@ def _visibility_sort_key(level: str) -> tuple[int, str]:
 # nuScenes reference figures
 # --------------------------------------------------------------------------------------
 
-# Annotations per class in the nuScenes *train* split: CBGS paper (Zhu et al., "Class-balanced
-# Grouping and Sampling for Point Cloud 3D Object Detection", arXiv:1908.09492, Table 1). The
-# same counts set SynthDrive's target class frequencies (distill3d.synth.classes).
-_CBGS_TRAIN_COUNTS: Mapping[str, int] = {
-    "car": 413_318,
-    "truck": 72_815,
-    "bus": 13_163,
-    "trailer": 20_701,
-    "construction_vehicle": 11_993,
-    "pedestrian": 185_847,
-    "motorcycle": 10_109,
-    "bicycle": 9_478,
-    "traffic_cone": 82_362,
-    "barrier": 125_095,
-}
 
 # Measured by us (not published) on real nuScenes annotation records: the 81 keyframes of
 # v1.0-mini *val* (scene-0103, Boston; scene-0916, Singapore), read from the legacy mmdet3d
@@ -387,13 +372,13 @@ def nuscenes_reference_statistics() -> dict[str, Any]:
     Nothing here is estimated: figures we could not source (e.g. dataset-wide shares of
     sparse boxes) are absent.
     """
-    total = float(sum(_CBGS_TRAIN_COUNTS.values()))
+    total = float(sum(NUSCENES_TRAIN_COUNTS.values()))
     return {
         "points_per_keyframe": 34_000,
         "points_per_keyframe_example": 34_688,
         "points_per_keyframe_example_beyond_3m": 26_162,
-        "class_counts_train": dict(_CBGS_TRAIN_COUNTS),
-        "class_frequencies": {k: v / total for k, v in _CBGS_TRAIN_COUNTS.items()},
+        "class_counts_train": dict(NUSCENES_TRAIN_COUNTS),
+        "class_frequencies": {k: v / total for k, v in NUSCENES_TRAIN_COUNTS.items()},
         "eval_class_range_m": dict(EVAL_CLASS_RANGE),
         "mini_val": {
             "num_keyframes": _MINI_VAL_KEYFRAMES,
