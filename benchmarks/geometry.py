@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -36,6 +35,8 @@ import shapely
 import torch
 
 from distill3d.geometry import box_iou_bev, points_in_boxes
+
+from _machine import CpuMonitor  # benchmarks/ is on sys.path when run as a script
 
 # name: (length range, width range, height, share)
 _CLASSES = {
@@ -167,35 +168,6 @@ def median_time(fn: Callable[[], Any], repeats: int, device: torch.device) -> tu
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), result
-
-
-class CpuMonitor:
-    """Share of the machine's CPU time used by *other* processes since creation (Linux)."""
-
-    def __init__(self) -> None:
-        self._start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        """(busy jiffies of all CPUs, total jiffies, this process's CPU seconds) or None."""
-        try:
-            with open("/proc/stat") as f:
-                fields = [float(v) for v in f.readline().split()[1:9]]  # without guest time
-        except (OSError, ValueError):
-            return None
-        idle = fields[3] + fields[4]
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return sum(fields) - idle, sum(fields), usage.ru_utime + usage.ru_stime
-
-    def other_share(self) -> float | None:
-        end = self._sample()
-        if self._start is None or end is None:
-            return None
-        hz = os.sysconf("SC_CLK_TCK")
-        busy = (end[0] - self._start[0]) / hz
-        total = (end[1] - self._start[1]) / hz
-        mine = end[2] - self._start[2]
-        return max(0.0, busy - mine) / max(total, 1e-9)
 
 
 def fmt_time(seconds: float) -> str:

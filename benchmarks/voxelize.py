@@ -44,7 +44,6 @@ import argparse
 import math
 import os
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -54,11 +53,14 @@ import numpy as np
 import torch
 
 from distill3d.data.voxelize import (
+
     VoxelGrid,
     dynamic_voxelize,
     hard_voxelize,
     unique_voxels,
 )
+
+from _machine import CpuMonitor  # benchmarks/ is on sys.path when run as a script
 
 _PP_GRID = VoxelGrid((0.16, 0.16, 4.0), (0, -39.68, -3, 69.12, 39.68, 1))
 _SECOND_GRID = VoxelGrid((0.1, 0.1, 0.1), (0, -40, -3, 70.4, 40, 1))
@@ -178,34 +180,6 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: to
                 torch.cuda.synchronize(device)
             times[name].append(time.perf_counter() - t0)
     return {name: (statistics.median(times[name]), min(times[name]), results[name]) for name in fns}
-
-
-class CpuMonitor:
-    """Share of the machine's CPU time used by *other* processes since creation (Linux)."""
-
-    def __init__(self) -> None:
-        self._start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat") as f:
-                fields = [float(v) for v in f.readline().split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        idle = fields[3] + fields[4]
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return sum(fields) - idle, sum(fields), usage.ru_utime + usage.ru_stime
-
-    def other_share(self) -> float | None:
-        end = self._sample()
-        if self._start is None or end is None:
-            return None
-        hz = os.sysconf("SC_CLK_TCK")
-        busy = (end[0] - self._start[0]) / hz
-        total = (end[1] - self._start[1]) / hz
-        mine = end[2] - self._start[2]
-        return max(0.0, busy - mine) / max(total, 1e-9)
 
 
 def same_voxels(ours_coords: np.ndarray, ours_counts: np.ndarray, ours_feats: np.ndarray,
