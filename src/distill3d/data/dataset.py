@@ -8,7 +8,7 @@ sample gets the same augmentation whatever the number of loader workers.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -78,5 +78,3 @@ class DetectionDataset(torch.utils.data.Dataset):
                 sample = transform(sample, rng)
         return sample
 
-
-TransformFactory = Callable[..., SampleTransform]

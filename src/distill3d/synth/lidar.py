@@ -540,7 +540,7 @@ def _candidate_runs(
         tested against rays ``run_start[i] .. run_start[i] + run_len[i] - 1``. Runs are
         grouped by primitive (ascending index).
     """
-    b, a = grid.beams, grid.steps
+    a = grid.steps
     az_start, az_span, full, el_lo, el_hi = _angular_footprint(boxes, s2w)
     step = 2.0 * np.pi / a
     # Columns k with azim_k = -pi + (k + .5) step inside the padded interval (unwrapped k).
