@@ -1,0 +1,1 @@
+"""Knowledge distillation: the distiller, adapters, alignment, masks, losses, methods and the teacher cache."""
