@@ -35,15 +35,8 @@ _RUN_FOLDER = [
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    _config_verb(subparsers, "distill", "train a student by distillation from a teacher",
-                 "issue 7, distillation core", [
-                     (("--teacher-ckpt",), {"help": "teacher checkpoint"}),
-                     (("--method",), {"help": "method preset, e.g. pointdistiller"}), *_RUN_FOLDER])
     _config_verb(subparsers, "export", "export a student to ONNX (adapters stripped)",
                  "ONNX export issue", [(("--ckpt",), {"help": "checkpoint"}), (("--out",), {"help": "output .onnx"})])
-    _config_verb(subparsers, "cache-teacher", "run the teacher once and cache its outputs",
-                 "issue 7, teacher cache", [(("--teacher-ckpt",), {"help": "teacher checkpoint"})])
-
     demo = subparsers.add_parser("demo", help="distil a student on SynthDrive end to end [planned]",
                                  description="Teacher, student and distilled student on SynthDrive, "
                                              "with a report. Planned: issue 7.")

@@ -115,6 +115,9 @@ def run_training(cfg: ExperimentConfig, *, work_dir: str | None = None, resume: 
         factory = module_factory or _default_factory
         model = factory(cfg, dist)
         train_set = build_dataset(cfg, cfg.data.train_split, training=True, dist=dist, log=logger.info)
+        configure = getattr(model, "configure_train_dataset", None)
+        if callable(configure):  # e.g. a distiller reading a teacher cache fixes the augmentation seeds
+            configure(train_set)
         train_loader = build_train_loader(train_set, cfg.train.batch_size, cfg.train.num_workers, cfg.seed, dist)
         split = cfg.train.eval_split or cfg.data.val_split
         val_set = build_dataset(cfg, split, training=False, dist=dist, log=logger.info)

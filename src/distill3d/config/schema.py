@@ -376,7 +376,25 @@ class TrainConfig:
 
 @dataclass
 class TermConfig:
-    """One distillation term: student tap -> adapter -> loss against a teacher tap."""
+    """One distillation term: student tap -> adapter -> alignment -> loss against a teacher tap.
+
+    Attributes:
+        name: the term's name; its value is logged as ``kd.<name>``.
+        student: the student's input: a tap name of the detector (``pillars``, ``bev``,
+            ``backbone.0``, ``neck``, ...), ``heads`` (the head outputs) or
+            ``module:<path>`` (the output of any submodule, by its ``named_modules`` path,
+            captured with a forward hook).
+        teacher: the teacher's input, in the same forms.
+        loss: a registered loss name (``distill3d distill --list-losses`` lists them).
+        weight: multiplies the loss.
+        adapter: KD-only module applied to the student's input first (``conv1x1``,
+            ``conv3x3``, ``conv1x1_bn_relu``, ``upsample_conv``, ``mlp``, ``linear``;
+            ``null``: none).
+        adapter_upsample: ``upsample_conv``'s factor.
+        align: which grid BEV maps of different grids are resampled to: ``teacher``,
+            ``student``, ``finer`` or ``coarser``.
+        params: the loss's own parameters.
+    """
 
     name: str
     student: str
@@ -384,20 +402,95 @@ class TermConfig:
     loss: str
     weight: float = 1.0
     adapter: str | None = None
+    adapter_upsample: int = 1
+    align: Literal["teacher", "student", "finer", "coarser"] = "teacher"
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.weight < 0:
             raise FieldError("weight", f"term '{self.name}': must be >= 0, got {self.weight}")
+        for side in ("student", "teacher"):
+            if not getattr(self, side).strip():
+                raise FieldError(side, f"term '{self.name}': must name a tap, 'heads' or 'module:<path>'")
+        if self.adapter_upsample < 1:
+            raise FieldError("adapter_upsample", f"term '{self.name}': must be >= 1, got {self.adapter_upsample}")
+
+
+@dataclass
+class LabelKDConfig:
+    """SparseKD's label KD: confident teacher boxes join the student's GT targets.
+
+    Attributes:
+        score_threshold: a teacher box joins when its score is at least this; one number
+            for every class or ``{class name: threshold}`` (classes not listed never join).
+        dedup: drop a teacher box whose centre lies in the same head cell as a GT centre
+            (the GT keeps the slot).
+    """
+
+    score_threshold: float | dict[str, float] = 0.6
+    dedup: bool = True
+
+    def __post_init__(self) -> None:
+        values = self.score_threshold.values() if isinstance(self.score_threshold, dict) else [self.score_threshold]
+        if any(not 0.0 <= v <= 1.0 for v in values):
+            raise FieldError("score_threshold", f"must be in [0, 1], got {self.score_threshold}")
+
+
+@dataclass
+class StudentInputConfig:
+    """A transformation of the student's copy of each batch (the teacher sees the original).
+
+    Attributes:
+        beam_keep_every: LiDAR beam-gap distillation: the student keeps every n-th beam
+            of the scan (beams assigned by elevation angle), 1 = all beams.
+        beams: the sensor's beam count (32 for nuScenes, 64 for KITTI HDL-64E; SynthDrive
+            in the nuScenes layout: 32).
+        beam_offset: which beam of each group of ``beam_keep_every`` is kept.
+    """
+
+    beam_keep_every: int = 1
+    beams: int = 32
+    beam_offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.beam_keep_every < 1:
+            raise FieldError("beam_keep_every", f"must be >= 1, got {self.beam_keep_every}")
+        if self.beams < 1:
+            raise FieldError("beams", f"must be >= 1, got {self.beams}")
+        if not 0 <= self.beam_offset < self.beam_keep_every:
+            raise FieldError("beam_offset", f"must be in [0, beam_keep_every), got {self.beam_offset}")
 
 
 @dataclass
 class DistillConfig:
-    """Knowledge distillation: the teacher and the terms that connect it to the student."""
+    """Knowledge distillation: the teacher and the terms that connect it to the student.
+
+    Attributes:
+        method: the method's name (a preset under ``configs/methods`` when given with
+            ``--method``), recorded in reports.
+        teacher_config: the teacher's config (a shipped name such as
+            ``synthdrive/centerpoint_pillar_teacher`` or a path); its ``model`` section
+            builds the teacher, the student's ``data`` section is used for both.
+        teacher_checkpoint: the teacher's weights (``--teacher-ckpt`` overrides).
+        teacher_bn_mode: ``eval`` (running statistics) or ``train`` (batch statistics,
+            as PointDistiller's and SparseKD's code run their teachers); either way the
+            teacher's weights and running statistics never change.
+        teacher_guided_init: SparseKD's TGI: initialise the student with the teacher's
+            weights narrowed to its shapes.
+        label_kd: SparseKD's label KD (``null``: off).
+        student_input: a transformation of the student's input (beam-gap KD).
+        cache_dir: a teacher cache written by ``distill3d cache-teacher``; read when it
+            matches the teacher and the data, refused when stale.
+        terms: the distillation terms.
+    """
 
     method: str | None = None
     teacher_config: str | None = None
     teacher_checkpoint: str | None = None
+    teacher_bn_mode: Literal["eval", "train"] = "eval"
+    teacher_guided_init: bool = False
+    label_kd: LabelKDConfig | None = None
+    student_input: StudentInputConfig | None = None
     cache_dir: str | None = None
     terms: list[TermConfig] = field(default_factory=list)
 

@@ -44,6 +44,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.transforms = list(transforms)
         self.seed = seed
         self.epoch = 0
+        #: when set, epoch ``e`` draws the augmentation of epoch ``e % augmentation_cycle``
+        #: (a teacher cache holds that many augmented copies of each sample)
+        self.augmentation_cycle: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of ``epoch`` (call before each epoch)."""
@@ -72,9 +75,11 @@ class DetectionDataset(torch.utils.data.Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"{type(self).__name__}: index {index} out of range 0..{len(self) - 1}")
         sample = self.load_sample(index)
+        epoch = self.epoch % self.augmentation_cycle if self.augmentation_cycle else self.epoch
         if self.transforms:
-            rng = sample_rng(self.seed, self.epoch, index)
+            rng = sample_rng(self.seed, epoch, index)
             for transform in self.transforms:
                 sample = transform(sample, rng)
+        sample.extras = {**sample.extras, "augmentation_epoch": epoch}
         return sample
 
