@@ -14,6 +14,7 @@ from distill3d import __version__
 from distill3d.commands import (
     config_cmd,
     data_cmd,
+    demo_cmd,
     distill_cmd,
     evaluate_cmd,
     planned,
@@ -23,7 +24,7 @@ from distill3d.commands import (
 )
 from distill3d.errors import Distill3DError
 
-COMMAND_MODULES = (config_cmd, synth_cmd, data_cmd, train_cmd, distill_cmd, profile_cmd, evaluate_cmd, planned)
+COMMAND_MODULES = (config_cmd, synth_cmd, data_cmd, train_cmd, distill_cmd, demo_cmd, profile_cmd, evaluate_cmd, planned)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,11 +29,41 @@ def distill_config(config: str, overrides: list[str], *, method: str | None = No
     return cfg
 
 
+def _recorded_teacher_checkpoint(cfg: ExperimentConfig, work_dir: str | None) -> ExperimentConfig:
+    """``cfg`` with the teacher checkpoint that the run folder's ``config.yaml`` names, when
+    ``cfg`` names none (``--resume`` without ``--teacher-ckpt``)."""
+    import yaml
+
+    from distill3d.engine.run_dir import default_run_dir
+
+    if cfg.distill is None or cfg.distill.teacher_checkpoint:
+        return cfg
+    path = default_run_dir(cfg, work_dir) / "config.yaml"
+    try:
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return cfg
+    distill = recorded.get("distill") if isinstance(recorded, dict) else None
+    ckpt = distill.get("teacher_checkpoint") if isinstance(distill, dict) else None
+    if not ckpt:
+        return cfg
+    return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher_checkpoint=str(ckpt)))
+
+
 def run_distillation(cfg: ExperimentConfig, *, work_dir: str | None = None, resume: bool = False,
                      overwrite: bool = False, quiet: bool = False, device: str | None = None) -> Any:
-    """Distil ``cfg``'s student from its teacher (see :func:`distill3d.commands.train_cmd.run_training`)."""
+    """Distil ``cfg``'s student from its teacher (see :func:`distill3d.commands.train_cmd.run_training`).
+
+    With ``resume`` and no teacher checkpoint in ``cfg``, the one recorded in the run
+    folder's ``config.yaml`` is used. A missing teacher checkpoint is reported before the
+    run folder is made."""
     from distill3d.commands.train_cmd import run_training
-    from distill3d.distill.build import build_distiller
+    from distill3d.distill.build import build_distiller, resolve_teacher_checkpoint
+
+    if resume:
+        cfg = _recorded_teacher_checkpoint(cfg, work_dir)
+    if cfg.distill is not None:
+        resolve_teacher_checkpoint(cfg)
 
     def factory(config: ExperimentConfig, dist: Any) -> Any:
         log = (lambda text: print(text, file=sys.stderr, flush=True)) if dist.is_main and not quiet else None
@@ -109,7 +139,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                          "--list-methods lists them")
     parser.add_argument("--list-methods", action="store_true", help="list method presets and losses, then exit")
     parser.add_argument("--work-dir", metavar="DIR", help="run folder (default: runs/<config name>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint (the "
+                                                              "teacher checkpoint defaults to the run's config.yaml's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     parser.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="where to train (default: cuda when available)")

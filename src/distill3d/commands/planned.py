@@ -37,13 +37,6 @@ _RUN_FOLDER = [
 def register(subparsers: argparse._SubParsersAction) -> None:
     _config_verb(subparsers, "export", "export a student to ONNX (adapters stripped)",
                  "ONNX export issue", [(("--ckpt",), {"help": "checkpoint"}), (("--out",), {"help": "output .onnx"})])
-    demo = subparsers.add_parser("demo", help="distil a student on SynthDrive end to end [planned]",
-                                 description="Teacher, student and distilled student on SynthDrive, "
-                                             "with a report. Planned: issue 7.")
-    demo.add_argument("--method", default="pointdistiller")
-    demo.add_argument("--quick", action="store_true", help="a shorter run (under 3 minutes on 2 cores)")
-    demo.set_defaults(func=_not_available, planned_for="issue 7, distillation and demo")
-
     bench = subparsers.add_parser("bench", help="the benchmark table of every method [planned]",
                                   description="Benchmark distillation methods. Planned: issue 7.")
     bench.set_defaults(func=_not_available, planned_for="issue 7, benchmarks")

@@ -36,6 +36,11 @@ class DataConfig:
 
     ``point_cloud_range`` is ``(x_min, y_min, z_min, x_max, y_max, z_max)`` in metres,
     in the key LiDAR frame.
+
+    ``synth_scenes`` / ``synth_samples_per_scene`` (``dataset: synthdrive``): generate the
+    SynthDrive set with this many scenes / keyframes per scene instead of the preset's
+    (``version`` picks the preset: ``v1.0-mini`` mini, ``v1.0-trainval`` small); more
+    scenes with fewer keyframes give more varied data for the same number of samples.
     """
 
     dataset: Literal["synthdrive", "nuscenes", "kitti", "mmdet3d_infos", "openpcdet_infos"] = "synthdrive"
@@ -47,9 +52,15 @@ class DataConfig:
     point_cloud_range: tuple[float, ...] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
     sweeps: int = 1
     use_cameras: bool = False
+    synth_scenes: int | None = None
+    synth_samples_per_scene: int | None = None
 
     def __post_init__(self) -> None:
         _check_range("point_cloud_range", self.point_cloud_range, 3)
+        for name in ("synth_scenes", "synth_samples_per_scene"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise FieldError(name, f"must be >= 1 or null (the preset's), got {value}")
         if self.sweeps < 1:
             raise FieldError("sweeps", f"must be >= 1, got {self.sweeps}")
         if not self.class_names:

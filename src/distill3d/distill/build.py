@@ -14,7 +14,7 @@ from distill3d.config import load_config
 from distill3d.config.schema import ExperimentConfig
 from distill3d.errors import ConfigError
 
-__all__ = ["build_distiller", "build_teacher", "teacher_experiment"]
+__all__ = ["build_distiller", "build_teacher", "resolve_teacher_checkpoint", "teacher_experiment"]
 
 
 def teacher_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -33,6 +33,24 @@ def teacher_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(teacher_cfg, data=cfg.data)
 
 
+def resolve_teacher_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path | None = None) -> str:
+    """The teacher checkpoint of a run: ``checkpoint`` (``--teacher-ckpt``), else
+    ``distill.teacher_checkpoint``; checked to exist (cheap: no loading).
+
+    Raises:
+        ConfigError: none given.
+        CheckpointError: no such file.
+    """
+    from distill3d.engine.checkpoint import CheckpointError
+
+    ckpt = checkpoint or (cfg.distill.teacher_checkpoint if cfg.distill else None)
+    if not ckpt:
+        raise ConfigError("no teacher checkpoint: pass --teacher-ckpt PATH or set distill.teacher_checkpoint")
+    if not Path(ckpt).is_file():
+        raise CheckpointError(f"teacher checkpoint not found: {ckpt}")
+    return str(ckpt)
+
+
 def build_teacher(cfg: ExperimentConfig, checkpoint: str | Path | None, *, log: Callable[[str], Any] | None = None
                   ) -> nn.Module:
     """The teacher detector with its trained weights (EMA weights when the checkpoint has
@@ -40,15 +58,14 @@ def build_teacher(cfg: ExperimentConfig, checkpoint: str | Path | None, *, log: 
 
     Raises:
         ConfigError: no checkpoint given.
-        CheckpointError: a checkpoint that does not fit the teacher's config (listing keys).
+        CheckpointError: a missing checkpoint, or one that does not fit the teacher's config
+            (listing keys).
     """
     from distill3d.engine.builders import build_model
     from distill3d.engine.checkpoint import load_checkpoint, read_checkpoint
 
     teacher_cfg = teacher_experiment(cfg)
-    ckpt = checkpoint or (cfg.distill.teacher_checkpoint if cfg.distill else None)
-    if not ckpt:
-        raise ConfigError("no teacher checkpoint: pass --teacher-ckpt PATH or set distill.teacher_checkpoint")
+    ckpt = resolve_teacher_checkpoint(cfg, checkpoint)
     teacher = build_model(teacher_cfg)
     keys = read_checkpoint(ckpt).get("model") or {}
     prefix = "student." if any(k.startswith("student.") for k in keys) and not (set(keys) & set(teacher.state_dict())) \

@@ -12,9 +12,10 @@ every head map ``(C, H, W)``, plus a fingerprint of the sample's points (count a
 of x, y, z in float64) that catches a sample that changed since.
 
 ``manifest.json`` records the SHA-256 of the teacher checkpoint, the teacher's model config,
-the data config, the seed, the augmentation setting and the number of augmentation seeds
-``K``. :meth:`TeacherCache.open` refuses a cache whose teacher, data or augmentation differ
-from the run's, and a run whose terms need a tap the cache lacks, saying what differs.
+the data config, the seed, the augmentation setting, the teacher's BN mode and the number of
+augmentation seeds ``K``. :meth:`TeacherCache.open` refuses a cache whose teacher, data or
+augmentation differ from the run's, and a run whose terms need a tap the cache lacks, saying
+what differs.
 The manifest is written last, so an interrupted ``cache-teacher`` leaves no usable cache.
 
 During distillation with a cache, the training set draws the augmentation of epoch
@@ -123,6 +124,7 @@ def _manifest_identity(cfg: ExperimentConfig, teacher_cfg: ExperimentConfig, tea
         "data": to_dict(cfg.data),
         "seed": cfg.seed,
         "augment": cfg.train.augment,
+        "teacher_bn_mode": cfg.distill.teacher_bn_mode if cfg.distill else "eval",
     }
 
 
@@ -163,7 +165,8 @@ class TeacherCache:
         stale = [key for key, value in expected.items() if manifest.get(key) != json.loads(json.dumps(value))]
         if stale:
             what = {"teacher_checkpoint_sha256": "the teacher checkpoint", "teacher_model": "the teacher's model config",
-                    "data": "the data config", "seed": "the seed", "augment": "train.augment"}
+                    "data": "the data config", "seed": "the seed", "augment": "train.augment",
+                    "teacher_bn_mode": "distill.teacher_bn_mode"}
             raise ConfigError(f"stale teacher cache {folder}: {', '.join(what[k] for k in stale)} changed since it "
                               "was written; rebuild it with 'distill3d cache-teacher' (or remove distill.cache_dir)")
         return cls(folder, manifest)
@@ -244,6 +247,7 @@ def write_teacher_cache(cfg: ExperimentConfig, teacher_checkpoint: str | Path, o
     """
     from distill3d.distill.build import build_teacher, teacher_experiment
     from distill3d.engine.builders import build_dataset, build_eval_loader
+    from distill3d.engine.trainer import torch_run_settings
 
     if augmentation_seeds < 1:
         raise ConfigError(f"--augmentation-seeds must be >= 1, got {augmentation_seeds}")
@@ -267,27 +271,28 @@ def write_teacher_cache(cfg: ExperimentConfig, teacher_checkpoint: str | Path, o
     kinds: dict[str, str] = {}
     num_tasks = 0
     written = 0
-    for seed_index in range(augmentation_seeds):
-        dataset.set_epoch(seed_index)  # type: ignore[attr-defined]
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(seed_index)
-        for batch in loader:
-            batch = batch.to(dev)
-            with torch.no_grad():
-                output = teacher(batch)
-            num_tasks = len(output.heads)
-            for name in taps:
-                kinds[name] = output.taps[name].kind
-            for b, token in enumerate(batch.tokens):
-                arrays = _split_sample(output, taps, b)
-                count, total = _fingerprint(batch.points[batch.point_offsets[b]:batch.point_offsets[b + 1]])
-                arrays["fingerprint_count"] = np.array(count, dtype=np.int64)
-                arrays["fingerprint_sum"] = np.array(total, dtype=np.float64)
-                buffer = io.BytesIO()
-                np.savez_compressed(buffer, **arrays)
-                atomic_write_bytes(root / "samples" / f"{_sample_key(token, seed_index)}.npz", buffer.getvalue())
-                written += 1
-        say(f"cached augmentation seed {seed_index + 1}/{augmentation_seeds}: {written} samples so far")
+    with torch_run_settings(num_threads=cfg.train.num_threads, deterministic=False, device=dev):
+        for seed_index in range(augmentation_seeds):
+            dataset.set_epoch(seed_index)  # type: ignore[attr-defined]
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(seed_index)
+            for batch in loader:
+                batch = batch.to(dev)
+                with torch.no_grad():
+                    output = teacher(batch)
+                num_tasks = len(output.heads)
+                for name in taps:
+                    kinds[name] = output.taps[name].kind
+                for b, token in enumerate(batch.tokens):
+                    arrays = _split_sample(output, taps, b)
+                    count, total = _fingerprint(batch.points[batch.point_offsets[b]:batch.point_offsets[b + 1]])
+                    arrays["fingerprint_count"] = np.array(count, dtype=np.int64)
+                    arrays["fingerprint_sum"] = np.array(total, dtype=np.float64)
+                    buffer = io.BytesIO()
+                    np.savez_compressed(buffer, **arrays)
+                    atomic_write_bytes(root / "samples" / f"{_sample_key(token, seed_index)}.npz", buffer.getvalue())
+                    written += 1
+            say(f"cached augmentation seed {seed_index + 1}/{augmentation_seeds}: {written} samples so far")
     manifest = {
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,

@@ -114,8 +114,11 @@ def synthdrive_root(data: DataConfig, dist: DistInfo | None = None, *, log: Any 
         sweeps = 0 if data.sweeps <= 1 else None
     else:
         base = user_cache_dir() / "synthdrive"
-        with_sweeps = base / f"nuscenes_{preset}"
-        without = base / f"nuscenes_{preset}_nosweeps"
+        size = ""
+        if data.synth_scenes is not None or data.synth_samples_per_scene is not None:
+            size = f"_{data.synth_scenes or 'preset'}x{data.synth_samples_per_scene or 'preset'}"
+        with_sweeps = base / f"nuscenes_{preset}{size}"
+        without = base / f"nuscenes_{preset}{size}_nosweeps"
         candidates = [with_sweeps] + ([without] if data.sweeps <= 1 else [])
         target = without if data.sweeps <= 1 else with_sweeps
         sweeps = 0 if data.sweeps <= 1 else None
@@ -134,7 +137,8 @@ def synthdrive_root(data: DataConfig, dist: DistInfo | None = None, *, log: Any 
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            generate_dataset("nuscenes", tmp, preset=preset, sweeps=sweeps,
+            generate_dataset("nuscenes", tmp, preset=preset, sweeps=sweeps, scenes=data.synth_scenes,
+                             samples_per_scene=data.synth_samples_per_scene,
                              workers=max(1, min(available_cpus(), 8)), progress=log is not None)
             if target.exists() and not any(target.iterdir()):
                 target.rmdir()
