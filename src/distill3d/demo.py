@@ -55,15 +55,19 @@ def _budget(cfg: ExperimentConfig, epochs: int, max_steps: int | None) -> Experi
     return dataclasses.replace(cfg, train=train)
 
 
+def _map_by_distance(folder: Path) -> dict[str, float]:
+    """``{band: mAP}`` from an evaluation folder's ``metrics_by_distance.json`` (empty if absent)."""
+    path = folder / "metrics_by_distance.json"
+    if not path.is_file():
+        return {}
+    return {band: float(summary.get("mean_ap", float("nan")))
+            for band, summary in json.loads(path.read_text(encoding="utf-8")).items()}
+
+
 def _final_metrics(run: Path, epochs: int) -> dict[str, Any]:
     folder = run / "eval" / f"epoch_{epochs}"
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-    by_distance = {}
-    path = folder / "metrics_by_distance.json"
-    if path.is_file():
-        for band, summary in json.loads(path.read_text(encoding="utf-8")).items():
-            by_distance[band] = float(summary.get("mean_ap", float("nan")))
-    return {"metrics": metrics, "by_distance": by_distance}
+    return {"metrics": metrics, "by_distance": _map_by_distance(folder)}
 
 
 def _profile(model: torch.nn.Module, batch: Any) -> dict[str, float]:
@@ -195,7 +199,7 @@ def run_demo(method: str = "pointdistiller", *, quick: bool = False, out: str | 
     if not quiet:
         from rich.console import Console
 
-        Console(stderr=True).print(render_console_table(method=method, teacher=summaries["teacher"],
+        Console(stderr=True, width=max(120, shutil.get_terminal_size((120, 40)).columns)).print(render_console_table(method=method, teacher=summaries["teacher"],
                                                         student=summaries["student"],
                                                         distilled=summaries["distilled"]))
         say(f"report: {root / 'report.md'} ({elapsed / 60:.1f} min)")
@@ -205,13 +209,8 @@ def run_demo(method: str = "pointdistiller", *, quick: bool = False, out: str | 
 def _evaluate_checkpoint(cfg: ExperimentConfig, ckpt: Path, out: Path, device: str | None) -> dict[str, Any]:
     from distill3d.commands.train_cmd import run_test
 
-    metrics = run_test(cfg, ckpt, out=out, device=device, quiet=True) or {}
-    by_distance = {}
-    path = out / "metrics_by_distance.json"
-    if path.is_file():
-        for band, summary in json.loads(path.read_text(encoding="utf-8")).items():
-            by_distance[band] = float(summary.get("mean_ap", float("nan")))
-    return {"metrics": metrics, "by_distance": by_distance}
+    metrics = run_test(cfg, ckpt, out=out, device=device, quiet=True, echo=False) or {}
+    return {"metrics": metrics, "by_distance": _map_by_distance(out)}
 
 
 def _figures(root: Path, models: dict[str, torch.nn.Module], batch: Any, student_cfg: ExperimentConfig,

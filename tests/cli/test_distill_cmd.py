@@ -230,3 +230,29 @@ def test_cache_teacher_then_distil_from_the_cache(student: Path, teacher_ckpt: P
     assert main(["cache-teacher", str(student), "--teacher-ckpt", str(teacher_ckpt), "--out", str(cache),
                  "--augmentation-seeds", "0", "--quiet"]) == 2
     assert "--augmentation-seeds must be >= 1" in _one_line_error(capsys, "cache-teacher")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_distil(folder: Path, synth_nuscenes: Path, teacher_ckpt: Path) -> None:
+    """DDP under torchrun (gloo, 2 processes): the distiller's student and adapters train,
+    rank 0 writes one run folder, the KD terms are logged."""
+    import os
+    import subprocess
+    import sys
+
+    student = _student(folder, synth_nuscenes, "ddp_student", TERMS)
+    run = folder / "ddp_run"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "distill3d", "distill", str(student), "--teacher-ckpt", str(teacher_ckpt), "--work-dir", str(run),
+         "--quiet", "--device", "cpu", "--set", "train.batch_size=1"],
+        capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "x 2 processes (gloo)" in result.stderr
+    payload = read_checkpoint(run / "checkpoints" / "last.pth")
+    assert payload["meta"]["world_size"] == 2 and payload["global_step"] == 3
+    assert any(k.startswith("adapters.neck.") for k in payload["model"])
+    assert not any(k.startswith("teacher.") for k in payload["model"])
+    train = read_metrics(run / "metrics.jsonl", kind="train")
+    assert train and all("kd.neck" in r and "kd.pp_logit" in r for r in train)

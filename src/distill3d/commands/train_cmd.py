@@ -163,7 +163,7 @@ def _default_test_dir(ckpt: Path, split: str) -> Path:
 
 def run_test(cfg: ExperimentConfig, ckpt: str | Path, *, out: str | Path | None = None,
              split: str | None = None, device: str | None = None, weights: str = "auto",
-             quiet: bool = False) -> dict[str, float] | None:
+             quiet: bool = False, echo: bool = True) -> dict[str, float] | None:
     """Run the checkpoint ``ckpt`` of ``cfg``'s model over ``split`` and write the
     official results file and, where the split has labels, the metrics into ``out``.
 
@@ -223,7 +223,7 @@ def run_test(cfg: ExperimentConfig, ckpt: str | Path, *, out: str | Path | None 
             atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode("utf-8"))
         else:
             write_results(cfg, dataset, predictions, out_dir)
-        if metrics is not None:
+        if metrics is not None and echo:
             for name, value in metrics.items():
                 print(f"{name}: {value:.4f}")
         say(f"results written to {out_dir}")

@@ -1,0 +1,148 @@
+"""The SynthDrive distillation benchmark: every method preset on the demo teacher's 4x and 16x
+students, with the no-KD students, over several seeds, with one fixed budget.
+
+Each run is a ``distill3d distill`` (or, for the no-KD rows, ``distill3d train``) of
+``synthdrive/demo_distill_x{width}`` / ``synthdrive/demo_student_x{width}`` with the given
+seed and epochs; its final evaluation (nuScenes mAP / NDS on the validation split) is read
+from its run folder. Finished runs are skipped, so the script can be stopped and restarted;
+``--table`` only prints the table of what is there. Results go to ``OUT/results.json`` and the
+table (mean and sample standard deviation over seeds) to stdout in Markdown.
+
+    python benchmarks/kd_methods.py --teacher-ckpt T.pth --out runs/bench \
+        --methods none pointdistiller fitnet heatmap_kd pp_logit --widths 0.25 --seeds 0 1 2 --epochs 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from _machine import CpuMonitor  # benchmarks/ is on sys.path when run as a script
+from distill3d.commands.distill_cmd import distill_config, run_distillation
+from distill3d.commands.train_cmd import run_training
+from distill3d.config import load_config
+
+
+def _budget(cfg, epochs: int, seed: int, cache_dir: str | None):
+    train = dataclasses.replace(cfg.train, epochs=epochs, eval_interval=epochs, checkpoint_interval=epochs,
+                                keep_checkpoints=1)
+    cfg = dataclasses.replace(cfg, train=train, seed=seed)
+    if cache_dir and cfg.distill is not None:
+        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, cache_dir=cache_dir))
+    return cfg
+
+
+def _final(run: Path, epochs: int) -> dict[str, float] | None:
+    path = run / "eval" / f"epoch_{epochs}" / "metrics.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+#: methods whose terms read only the teacher's pillars and heads: one cache per seed serves them all
+CACHEABLE = ("pointdistiller", "heatmap_kd", "pp_logit", "sparsekd", "gaussian_response")
+
+
+def ensure_cache(root: Path, width: str, seed: int, epochs: int, teacher_ckpt: str) -> str:
+    """The teacher cache of ``seed`` (pillars and heads, one augmentation seed per epoch),
+    written on first use."""
+    from distill3d.distill.cache import write_teacher_cache
+
+    folder = root / f"x{width}_seed{seed}"
+    if not (folder / "manifest.json").is_file():
+        cfg = distill_config(f"synthdrive/demo_distill_x{width}", [], method="pointdistiller", teacher_ckpt=teacher_ckpt)
+        cfg = _budget(cfg, epochs, seed, None)
+        started = time.perf_counter()
+        write_teacher_cache(cfg, teacher_ckpt, folder, augmentation_seeds=epochs)
+        print(f"teacher cache for seed {seed}: {(time.perf_counter() - started) / 60:.1f} min", file=sys.stderr,
+              flush=True)
+    return str(folder)
+
+
+def run_one(method: str, width: str, seed: int, epochs: int, out: Path, teacher_ckpt: str,
+            cache_root: Path | None) -> dict[str, float]:
+    run = out / f"x{width}" / method / f"seed{seed}"
+    done = _final(run, epochs)
+    if done is not None:
+        return done
+    started = time.perf_counter()
+    if method == "none":
+        cfg = _budget(load_config(f"synthdrive/demo_student_x{width}"), epochs, seed, None)
+        run_training(cfg, work_dir=str(run), overwrite=True, quiet=True)
+    else:
+        cfg = distill_config(f"synthdrive/demo_distill_x{width}", [], method=method, teacher_ckpt=teacher_ckpt)
+        cache = ensure_cache(cache_root, width, seed, epochs, teacher_ckpt) if cache_root and method in CACHEABLE \
+            else None
+        cfg = _budget(cfg, epochs, seed, cache)
+        run_distillation(cfg, work_dir=str(run), overwrite=True, quiet=True)
+    metrics = _final(run, epochs)
+    assert metrics is not None, f"{run}: no final evaluation"
+    metrics["minutes"] = (time.perf_counter() - started) / 60
+    (run / "bench.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    print(f"x{width} {method} seed {seed}: mAP {metrics['mAP']:.4f} NDS {metrics['NDS']:.4f} "
+          f"({metrics['minutes']:.1f} min)", file=sys.stderr, flush=True)
+    return metrics
+
+
+def table(results: dict[str, dict[str, dict[str, float]]], teacher: dict[str, float] | None) -> str:
+    lines = ["| student | method | seeds | mAP mean | mAP std | NDS mean | NDS std | min per run |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    if teacher:
+        lines.append(f"| teacher x1.0 | — | 1 | {teacher['mAP']:.4f} | — | {teacher['NDS']:.4f} | — | — |")
+    for key in sorted(results):
+        width, method = key.split("/")
+        runs = list(results[key].values())
+        maps = [r["mAP"] for r in runs]
+        ndss = [r["NDS"] for r in runs]
+        minutes = [r.get("minutes", float("nan")) for r in runs]
+        sd = (lambda v: f"{statistics.stdev(v):.4f}" if len(v) > 1 else "—")
+        lines.append(f"| {width} | {method} | {len(runs)} | {statistics.mean(maps):.4f} | {sd(maps)} | "
+                     f"{statistics.mean(ndss):.4f} | {sd(ndss)} | {statistics.median(minutes):.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher-ckpt", required=True)
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--methods", nargs="+", default=["none", "pointdistiller", "fitnet", "heatmap_kd", "pp_logit"])
+    parser.add_argument("--widths", nargs="+", default=["0.25"], choices=["0.25", "0.5"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--cache-root", type=Path, help="read the teacher from per-seed caches under this folder "
+                                                        "(written on first use) for the methods that allow it")
+    parser.add_argument("--teacher-metrics", help="the teacher's metrics.json, for the table's first row")
+    parser.add_argument("--table", action="store_true", help="only print the table of finished runs")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    monitor = CpuMonitor()
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for seed in args.seeds:
+        for width in args.widths:
+            for method in args.methods:
+                run = out / f"x{width}" / method / f"seed{seed}"
+                if args.table:
+                    bench = run / "bench.json"
+                    if not bench.is_file():
+                        continue
+                    metrics = json.loads(bench.read_text(encoding="utf-8"))
+                else:
+                    metrics = run_one(method, width, seed, args.epochs, out, args.teacher_ckpt, args.cache_root)
+                results.setdefault(f"x{width}/{method}", {})[str(seed)] = metrics
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    teacher = json.loads(Path(args.teacher_metrics).read_text()) if args.teacher_metrics else None
+    print(f"budget: {args.epochs} epochs of the SynthDrive demo set per run")
+    print(table(results, teacher))
+    other = monitor.other_share()
+    if other is not None:
+        print(f"other processes used {other:.0%} of the machine's CPU time during the run")
+
+
+if __name__ == "__main__":
+    main()
