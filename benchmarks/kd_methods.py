@@ -9,7 +9,8 @@ from its run folder. Finished runs are skipped, so the script can be stopped and
 table (mean and sample standard deviation over seeds) to stdout in Markdown.
 
     python benchmarks/kd_methods.py --teacher-ckpt T.pth --out runs/bench \
-        --methods none pointdistiller fitnet heatmap_kd pp_logit --widths 0.25 --seeds 0 1 2 --epochs 8
+        --methods none pointdistiller fitnet heatmap_kd pp_logit --widths 0.25 --seeds 0 1 2 --epochs 8 \
+        --cache-root runs/bench_cache
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def run_one(method: str, width: str, seed: int, epochs: int, out: Path, teacher_
     if method == "none":
         cfg = _budget(load_config(f"synthdrive/demo_student_x{width}"), epochs, seed, None)
         run_training(cfg, work_dir=str(run), overwrite=True, quiet=True)
+    elif method == "none_beam_gap":  # the no-KD student on beam_gap's input (every second beam)
+        cfg = distill_config(f"synthdrive/demo_distill_x{width}", [], method="beam_gap", teacher_ckpt=teacher_ckpt)
+        cfg = _budget(dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, terms=[])), epochs, seed, None)
+        run_distillation(cfg, work_dir=str(run), overwrite=True, quiet=True)
     else:
         cfg = distill_config(f"synthdrive/demo_distill_x{width}", [], method=method, teacher_ckpt=teacher_ckpt)
         cache = ensure_cache(cache_root, width, seed, epochs, teacher_ckpt) if cache_root and method in CACHEABLE \

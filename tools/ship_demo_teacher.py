@@ -53,6 +53,8 @@ def main() -> None:
         "validation_metrics": {k: metrics[k] for k in ("mAP", "NDS") if k in metrics},
     }
     atomic_write_text(ASSETS / "demo_teacher.json", json.dumps(info, indent=2) + "\n")
+    for name in ("demo_teacher.pth", "demo_teacher.json"):
+        (ASSETS / name).chmod(0o644)  # package data: readable by every user (atomic writes create 0600)
     print(json.dumps(info, indent=2))
 
 

@@ -6,7 +6,9 @@
    (``distill3d/assets/demo_teacher.pth``, trained by this project with
    ``distill3d train synthdrive/demo_teacher``), or ``--teacher-ckpt``.
 3. The quarter-width student is trained twice with the same budget (epochs, batches,
-   schedule, seed): alone, and distilled from the teacher by ``--method``.
+   schedule, seed): alone, and distilled from the teacher by ``--method`` (default
+   ``sparsekd``: teacher-guided initialisation, pivotal-position logit KD and label KD,
+   the preset that gains most at this budget in docs/benchmarks.md).
 4. All three are evaluated on the validation split (nuScenes mAP / NDS and mAP by distance
    band) and profiled (parameters, FLOPs, CPU latency of one sample).
 5. The run folder gets ``report.md``, ``report.json`` and pictures: BEV plots of GT against
@@ -90,14 +92,14 @@ def _rename_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def run_demo(method: str = "pointdistiller", *, quick: bool = False, out: str | Path | None = None,
+def run_demo(method: str = "sparsekd", *, quick: bool = False, out: str | Path | None = None,
              teacher_ckpt: str | Path | None = None, device: str | None = None, overwrite: bool = False,
              epochs: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run the demo (see the module docstring) and return ``report.json``'s content.
 
     Args:
         method: a distillation method preset (``distill3d distill --list-methods``).
-        quick: 3 epochs of at most 40 steps instead of the configs' 12 epochs.
+        quick: 3 epochs of at most 40 steps instead of the configs' 8 epochs.
         out: the run folder (default ``runs/demo_<method>``; ``_quick`` appended).
         teacher_ckpt: a teacher checkpoint for the ``synthdrive/demo_teacher`` config
             (default: the one shipped in the package).
@@ -242,8 +244,8 @@ def _figures(root: Path, models: dict[str, torch.nn.Module], batch: Any, student
 def _attention_figures(root: Path, batch: Any, kd_cfg: ExperimentConfig, ckpt: Path,
                        extent: tuple[float, ...]) -> dict[str, Path]:
     """What the distillation attends to on the first frame: the BEV masks the methods use
-    (GT box cells, the GT Gaussian, the teacher's scores) and, for PointDistiller, the
-    selected pillars coloured by their weight."""
+    (GT box cells, the GT Gaussian, the teacher's scores, SparseKD's pivotal-position mask)
+    and, for PointDistiller, the selected pillars coloured by their weight."""
     from distill3d.distill.build import build_distiller
     from distill3d.distill.masks import box_cell_mask, gaussian_mask, teacher_score_map
     from distill3d.distill.losses.pointdistiller import PointDistillerLoss
@@ -259,8 +261,10 @@ def _attention_figures(root: Path, batch: Any, kd_cfg: ExperimentConfig, ckpt: P
     grid = t_out.head_grid
     boxes = list(batch.boxes_list)
     mask, _ = box_cell_mask(boxes, grid)
-    maps = {"GT box cells": mask[0].float(), "GT Gaussian": gaussian_mask(boxes, grid)[0],
-            "teacher max score": teacher_score_map(t_out.heads)[0]}
+    gaussian = gaussian_mask(boxes, grid)[0]
+    score = teacher_score_map(t_out.heads)[0]
+    maps = {"GT box cells": mask[0].float(), "GT Gaussian": gaussian, "teacher max score": score,
+            "pivotal positions (score x Gaussian)": score * gaussian}
     path = root / "kd_masks.png"
     plot_bev_heatmaps(path, maps, grid, boxes=batch.boxes_list[0], title="BEV masks of the distillation (frame 0)")
     figures["distillation masks"] = path

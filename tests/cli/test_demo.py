@@ -57,8 +57,8 @@ def test_demo_writes_the_report_with_its_contract(tiny_demo: dict[str, Path], mo
     monkeypatch.setattr(demo, "STUDENT_CONFIG", str(tiny_demo["student"]))
     monkeypatch.setattr(demo, "DISTILL_CONFIG", str(tiny_demo["distill"]))
     out = tiny_demo["folder"] / "demo_run"
-    assert main(["demo", "--teacher-ckpt", str(tiny_demo["ckpt"]), "--out", str(out), "--epochs", "1",
-                 "--device", "cpu", "--quiet"]) == 0
+    assert main(["demo", "--method", "pointdistiller", "--teacher-ckpt", str(tiny_demo["ckpt"]), "--out", str(out),
+                 "--epochs", "1", "--device", "cpu", "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "pointdistiller"
     for role in ("teacher", "student", "distilled"):
@@ -80,6 +80,18 @@ def test_demo_writes_the_report_with_its_contract(tiny_demo: dict[str, Path], mo
     names = set(report["figures"].values())
     assert {"bev_frame0.png", "training_curves.png", "kd_masks.png"} <= names
     assert any(n.startswith("kd_importance_") for n in names)
+
+
+def test_demo_default_method_is_sparsekd_with_teacher_guided_init(tiny_demo: dict[str, Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo, "TEACHER_CONFIG", str(tiny_demo["teacher"]))
+    monkeypatch.setattr(demo, "STUDENT_CONFIG", str(tiny_demo["student"]))
+    monkeypatch.setattr(demo, "DISTILL_CONFIG", str(tiny_demo["distill"]))
+    out = tiny_demo["folder"] / "demo_default"
+    report = demo.run_demo(out=out, teacher_ckpt=tiny_demo["ckpt"], epochs=1, device="cpu", quiet=True, quick=True)
+    assert report["method"] == "sparsekd"
+    config = (out / "distilled" / "config.yaml").read_text()
+    assert "teacher_guided_init: true" in config and "label_kd:" in config
 
 
 def test_demo_refuses_an_existing_run_folder(tiny_demo: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -299,3 +299,20 @@ def test_knn_on_a_lattice() -> None:
     centre = torch.tensor([4])
     nbr = knn_indices(coords[centre], centre, coords, 5)
     assert nbr[0, 0].item() == 4 and set(nbr[0, 1:].tolist()) == {1, 3, 5, 7}
+
+
+def test_frozen_teacher_encoder_gets_no_gradient_and_is_not_collapsible() -> None:
+    from distill3d.distill.losses.pointdistiller import PointDistillerBEVLoss
+
+    torch.manual_seed(0)
+    loss = PointDistillerBEVLoss(2, 4, num_samples=6, knn=3, teacher_encoder="frozen")
+    assert not any(p.requires_grad for p in loss.gamma_t.parameters())
+    assert all(p.requires_grad for p in loss.gamma_s.parameters())
+    student = torch.randn(2, 2, 4, 4, requires_grad=True)
+    teacher = Tap(torch.randn(2, 4, 4, 4), "bev", None)
+    value = loss(Tap(student, "bev", None), teacher, None)
+    value.backward()
+    assert student.grad is not None and float(value.detach()) > 0
+    assert all(p.grad is None for p in loss.gamma_t.parameters())
+    with pytest.raises(ValueError, match="teacher_encoder"):
+        PointDistillerBEVLoss(2, 4, teacher_encoder="fixed")

@@ -97,7 +97,7 @@ def build_distiller(cfg: ExperimentConfig, teacher_checkpoint: str | Path | None
 
     if cfg.distill is None:
         raise ConfigError("the config has no distill section (use a distillation config or --method NAME)")
-    if not cfg.distill.terms and cfg.distill.label_kd is None:
+    if not cfg.distill.terms and cfg.distill.label_kd is None and cfg.distill.student_input is None:
         raise ConfigError("distill.terms is empty: list terms, or choose a method with distill.method / --method")
     ckpt = teacher_checkpoint or cfg.distill.teacher_checkpoint
     teacher = build_teacher(cfg, ckpt, log=log)

@@ -15,6 +15,8 @@ Per distilled tensor and per **sample** of the batch:
 5. graph encoders ``gamma_t``: ``Conv2d(2 C_T -> C', 1x1) + BatchNorm2d + ReLU`` and
    ``gamma_s``: ``2 C_S -> C'`` (``C' = embed_channels``, default the student width);
    both are trained (the teacher *features* are detached, ``gamma_t`` is not frozen);
+   ``teacher_encoder: frozen`` keeps ``gamma_t`` at its random initialisation instead, so
+   that the two embeddings cannot collapse together (an option, not the paper's setting);
 6. loss: with ``reweight`` ``2 * mean_{i,k,c}[w_i (G_T - G_S)^2]`` with
    ``w = N * softmax(s_sel / temperature)`` over the selected items (mean weight 1: the
    paper's definition, not the released code's singleton softmax); without it
@@ -198,8 +200,11 @@ class _PointDistillerBase(KDLoss):
 
     def __init__(self, student_channels: int, teacher_channels: int, *, num_samples: int, knn: int,
                  temperature: float, edge: EdgeMode, reweight: bool, sampling: SamplingMode,
-                 embed_channels: int | None, plain_scale: float, chunk_size: int) -> None:
+                 embed_channels: int | None, plain_scale: float, chunk_size: int,
+                 teacher_encoder: Literal["trainable", "frozen"] = "trainable") -> None:
         super().__init__()
+        if teacher_encoder not in ("trainable", "frozen"):
+            raise ValueError(f"teacher_encoder must be 'trainable' or 'frozen', got {teacher_encoder!r}")
         if student_channels < 1 or teacher_channels < 1:
             raise ValueError(f"{type(self).__name__}: student_channels ({student_channels}) and "
                              f"teacher_channels ({teacher_channels}) must be >= 1")
@@ -229,6 +234,11 @@ class _PointDistillerBase(KDLoss):
         self.chunk_size = int(chunk_size)
         self.gamma_t = graph_encoder(2 * self.teacher_channels, embed)
         self.gamma_s = graph_encoder(2 * self.student_channels, embed)
+        self.teacher_encoder = teacher_encoder
+        if teacher_encoder == "frozen":
+            # a fixed random projection of the teacher's graphs: both embeddings cannot
+            # shrink together (the collapse a trainable gamma_t allows, methods.md 1.3)
+            self.gamma_t.requires_grad_(False)
         self.last_importance: dict[str, Any] | None = None
 
     # -- subclass hook -------------------------------------------------------------------
@@ -353,6 +363,8 @@ class PointDistillerLoss(_PointDistillerBase):
             CenterPoint-Pillar, ``voxels.num_points`` for CenterPoint-Voxel. Read from the
             teacher's taps, else from the student's (same voxels, same counts).
         chunk_size: kNN queries per ``torch.cdist`` call (memory ``chunk_size * V_b``).
+        teacher_encoder: ``trainable`` (the paper's) or ``frozen`` (``gamma_t`` stays a fixed
+            random projection; guards against both embeddings collapsing to zero).
     """
 
     input_kind = "voxels"
@@ -361,10 +373,12 @@ class PointDistillerLoss(_PointDistillerBase):
                  temperature: float = 0.01, edge: EdgeMode = "concat", reweight: bool = True,
                  sampling: SamplingMode = "top", embed_channels: int | None = None, plain_scale: float = 5e-4,
                  importance: Literal["num_points", "channel_max"] = "num_points",
-                 importance_tap: str = "pillars.num_points", chunk_size: int = 512) -> None:
+                 importance_tap: str = "pillars.num_points", chunk_size: int = 512,
+                 teacher_encoder: Literal["trainable", "frozen"] = "trainable") -> None:
         super().__init__(student_channels, teacher_channels, num_samples=num_samples, knn=knn,
                          temperature=temperature, edge=edge, reweight=reweight, sampling=sampling,
-                         embed_channels=embed_channels, plain_scale=plain_scale, chunk_size=chunk_size)
+                         embed_channels=embed_channels, plain_scale=plain_scale, chunk_size=chunk_size,
+                         teacher_encoder=teacher_encoder)
         if importance not in ("num_points", "channel_max"):
             raise ValueError(f"importance must be 'num_points' or 'channel_max', got {importance!r}")
         self.importance = importance
@@ -429,10 +443,11 @@ class PointDistillerBEVLoss(_PointDistillerBase):
     def __init__(self, student_channels: int, teacher_channels: int, *, num_samples: int = 256, knn: int = 128,
                  temperature: float = 1e-4, edge: EdgeMode = "concat", reweight: bool = True,
                  sampling: SamplingMode = "top", embed_channels: int | None = None, plain_scale: float = 5e-4,
-                 chunk_size: int = 512) -> None:
+                 chunk_size: int = 512, teacher_encoder: Literal["trainable", "frozen"] = "trainable") -> None:
         super().__init__(student_channels, teacher_channels, num_samples=num_samples, knn=knn,
                          temperature=temperature, edge=edge, reweight=reweight, sampling=sampling,
-                         embed_channels=embed_channels, plain_scale=plain_scale, chunk_size=chunk_size)
+                         embed_channels=embed_channels, plain_scale=plain_scale, chunk_size=chunk_size,
+                         teacher_encoder=teacher_encoder)
 
     def _split(self, student: Tap, teacher: Tap, ctx: KDContext) -> tuple[list[tuple[Tensor, Tensor, Tensor, Tensor]],
                                                                          tuple[int, int], Tensor]:
