@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from _machine import CpuMonitor  # benchmarks/ is on sys.path when run as a script
+
 from distill3d.commands.distill_cmd import distill_config, run_distillation
 from distill3d.commands.train_cmd import run_training
 from distill3d.config import load_config

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from _machine import CpuMonitor  # benchmarks/ is on sys.path when run as a script
+
 from distill3d.commands.distill_cmd import distill_config
 from distill3d.data.loader import collate_samples
 from distill3d.distill.build import build_distiller

@@ -188,10 +188,11 @@ def run_demo(method: str = "sparsekd", *, quick: bool = False, out: str | Path |
     figures = _figures(root, models, batch, student_cfg, kd_cfg, student_run, distilled_run, ckpt)
     elapsed = time.perf_counter() - started
     notes = [
-        f"Same budget for both students: {n_epochs} epochs{f' of at most {max_steps} steps' if max_steps else ''}, "
-        f"batch {student_cfg.train.batch_size}, lr {student_cfg.train.lr} one-cycle, seed {student_cfg.seed}.",
-        f"Data: SynthDrive demo set ({student_cfg.data.synth_scenes} scenes x {student_cfg.data.synth_samples_per_scene} "
-        f"keyframes), validation split; nuScenes metrics over the 10 classes.",
+        (f"Same budget for both students: {n_epochs} epochs{f' of at most {max_steps} steps' if max_steps else ''}, "
+         f"batch {student_cfg.train.batch_size}, lr {student_cfg.train.lr} one-cycle, seed {student_cfg.seed}."),
+        (f"Data: SynthDrive demo set ({student_cfg.data.synth_scenes} scenes x "
+         f"{student_cfg.data.synth_samples_per_scene} keyframes), validation split; nuScenes metrics over the "
+         "10 classes."),
         "Latency: median CPU forward time of one sample (voxelisation included, decoding excluded) on this machine.",
         f"Total demo time: {elapsed / 60:.1f} min.",
     ]
@@ -247,8 +248,8 @@ def _attention_figures(root: Path, batch: Any, kd_cfg: ExperimentConfig, ckpt: P
     (GT box cells, the GT Gaussian, the teacher's scores, SparseKD's pivotal-position mask)
     and, for PointDistiller, the selected pillars coloured by their weight."""
     from distill3d.distill.build import build_distiller
-    from distill3d.distill.masks import box_cell_mask, gaussian_mask, teacher_score_map
     from distill3d.distill.losses.pointdistiller import PointDistillerLoss
+    from distill3d.distill.masks import box_cell_mask, gaussian_mask, teacher_score_map
     from distill3d.report import plot_bev_heatmaps, plot_importance_points
 
     figures: dict[str, Path] = {}

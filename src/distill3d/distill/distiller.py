@@ -29,11 +29,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill3d.config.schema import DistillConfig, LabelKDConfig, StudentInputConfig, TermConfig
+from distill3d.config.schema import (
+    DistillConfig,
+    LabelKDConfig,
+    StudentInputConfig,
+    TermConfig,
+)
 from distill3d.data.loader import Batch, collate_samples
 from distill3d.data.sample import Sample
 from distill3d.distill.adapters import build_adapter
-from distill3d.distill.align import AlignmentError, align_pair, check_alignable, grids_equal, resample_bev
+from distill3d.distill.align import (
+    AlignmentError,
+    align_pair,
+    check_alignable,
+    grids_equal,
+    resample_bev,
+)
 from distill3d.distill.context import HeadMaps, KDContext
 from distill3d.distill.losses.base import KDLoss, build_loss, loss_class
 from distill3d.distill.taps import ModuleRecorder, TapSpec, resolve
@@ -435,11 +446,11 @@ class Distiller(nn.Module):
         if term.input_kind == "bev":
             s_map, t_map, grid = align_pair(s_in, t_in, cfg.align)
             return Tap(s_map, "bev", grid), Tap(t_map.detach(), "bev", grid)
-        if s_in.index is not None and t_in.index is not None:
-            if s_in.index.shape != t_in.index.shape or not torch.equal(s_in.index, t_in.index):
-                raise ValueError(f"term {cfg.name!r}: the student's {cfg.student!r} and the teacher's {cfg.teacher!r} "
-                                 f"hold different voxels ({s_in.index.shape[0]} vs {t_in.index.shape[0]}); "
-                                 "voxel terms need both models on the same points and voxel grid")
+        if s_in.index is not None and t_in.index is not None and (
+                s_in.index.shape != t_in.index.shape or not torch.equal(s_in.index, t_in.index)):
+            raise ValueError(f"term {cfg.name!r}: the student's {cfg.student!r} and the teacher's {cfg.teacher!r} "
+                             f"hold different voxels ({s_in.index.shape[0]} vs {t_in.index.shape[0]}); "
+                             "voxel terms need both models on the same points and voxel grid")
         return s_in, Tap(t_in.tensor.detach(), t_in.kind, t_in.grid, t_in.index)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
