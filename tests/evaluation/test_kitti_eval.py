@@ -104,6 +104,35 @@ def _exact_frame_ious(gt: dict[str, Any], dt: dict[str, Any]) -> dict[int, np.nd
     return out
 
 
+def _patch_cudasim_global_swap() -> None:
+    """Make numba's CUDA simulator safe for kernels whose threads run concurrently.
+
+    The simulator runs each thread of a block as a Python thread; every thread swaps the
+    ``cuda`` global of the kernel's module with ``swapped_cuda_module``, which builds its
+    list of globals with a generator over ``fn.__globals__.items()``. Under load another
+    thread can add a global in between ("dictionary changed size during iteration", seen
+    in CI). Taking the snapshot with ``list(...)`` (one C call, atomic under the GIL) keeps
+    the simulator's behaviour and removes the race.
+    """
+    from contextlib import contextmanager
+
+    from numba.cuda.simulator import kernel, kernelapi
+
+    @contextmanager
+    def swapped_cuda_module(fn, fake_cuda_module):  # type: ignore[no-untyped-def]
+        from numba import cuda
+
+        fn_globs = fn.__globals__
+        orig = {k: v for k, v in list(fn_globs.items()) if v is cuda}
+        fn_globs.update({k: fake_cuda_module for k in orig})
+        try:
+            yield
+        finally:
+            fn_globs.update(orig)
+
+    kernelapi.swapped_cuda_module = swapped_cuda_module
+    kernel.swapped_cuda_module = swapped_cuda_module
+
 def _reference_worker(in_path: str, out_path: str) -> None:
     """Subprocess body: load the reference by path; per case, get its BEV/3D IoU matrices,
     drop the detections whose IoU with some GT the reference's float32 clipping puts on
@@ -113,6 +142,7 @@ def _reference_worker(in_path: str, out_path: str) -> None:
     kernels run once per case)."""
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" or "numba" in sys.modules:
         raise RuntimeError("the reference worker must start with NUMBA_ENABLE_CUDASIM=1, before numba")
+    _patch_cudasim_global_swap()
     folder = reference_folder()
     assert folder is not None
     package = types.ModuleType("_kitti_reference")
