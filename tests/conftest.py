@@ -12,6 +12,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread for a whole test module, restored afterwards. Modules that
+    train or run tiny models use it (``pytestmark = pytest.mark.usefixtures("one_thread")``)
+    so that it is set before their module fixtures train: on a busy 2-core machine, more
+    threads than cores make small convolutions and ``index_add_`` far slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _index_cache_outside_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Dataset indexes go to a session tmp folder, so no test writes into a dataset folder

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -18,12 +17,7 @@ from distill3d.cli import main
 RANGE = [-25.6, -25.6, -5.0, 25.6, 25.6, 3.0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _config(root: Path, width: float, **extra) -> dict:

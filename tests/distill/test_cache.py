@@ -42,14 +42,7 @@ SEEDS = 2  # augmentation seeds of the cache
 RTOL = 1e-2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread, set before the module's fixtures train and cache (the CPUs are
-    shared: more threads than cores make a small model's convolutions far slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _data(root: Path, point_cloud_range=RANGE) -> dict:

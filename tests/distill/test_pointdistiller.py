@@ -5,7 +5,6 @@ the BEV variant."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,14 +20,7 @@ from distill3d.distill.losses.pointdistiller import (
 from distill3d.models.base import DetectorOutput, Tap
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny ops run faster on one thread (a busy machine makes multi-thread barriers, e.g.
-    the sparse convolution's ``index_add_``, very slow); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def voxel_taps(f_s: torch.Tensor, f_t: torch.Tensor, sample: torch.Tensor, counts: torch.Tensor,

@@ -4,7 +4,6 @@ conv), forward passes, error listing, strict / non-strict missing keys, explicit
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -29,14 +28,7 @@ VOXEL = ("model.point_cloud_range=[-6.4,-6.4,-5.0,6.4,6.4,3.0]",  # 64 x 64 x 40
 HEAD_KEY = "head.shared_conv.0.weight"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny ops run faster on one thread (a busy machine makes multi-thread barriers, e.g.
-    the sparse convolution's ``index_add_``, very slow); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def build(name: str, *overrides: str) -> Detector:
