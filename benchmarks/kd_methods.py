@@ -27,16 +27,7 @@ from _machine import CpuMonitor  # benchmarks/ is on sys.path when run as a scri
 
 from distill3d.commands.distill_cmd import distill_config, run_distillation
 from distill3d.commands.train_cmd import run_training
-from distill3d.config import load_config
-
-
-def _budget(cfg, epochs: int, seed: int, cache_dir: str | None):
-    train = dataclasses.replace(cfg.train, epochs=epochs, eval_interval=epochs, checkpoint_interval=epochs,
-                                keep_checkpoints=1)
-    cfg = dataclasses.replace(cfg, train=train, seed=seed)
-    if cache_dir and cfg.distill is not None:
-        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, cache_dir=cache_dir))
-    return cfg
+from distill3d.config import load_config, with_fixed_budget
 
 
 def _final(run: Path, epochs: int) -> dict[str, float] | None:
@@ -52,13 +43,14 @@ CACHEABLE = ("pointdistiller", "heatmap_kd", "pp_logit", "sparsekd", "gaussian_r
 
 def ensure_cache(root: Path, width: str, seed: int, epochs: int, teacher_ckpt: str) -> str:
     """The teacher cache of ``seed`` (pillars and heads, one augmentation seed per epoch),
-    written on first use."""
+    written on first use. It depends on the teacher, the data and the seed, not on the student,
+    so both widths share it (``distill`` checks its manifest against each run's config)."""
     from distill3d.distill.cache import write_teacher_cache
 
-    folder = root / f"x{width}_seed{seed}"
+    folder = root / f"seed{seed}"
     if not (folder / "manifest.json").is_file():
         cfg = distill_config(f"synthdrive/demo_distill_x{width}", [], method="pointdistiller", teacher_ckpt=teacher_ckpt)
-        cfg = _budget(cfg, epochs, seed, None)
+        cfg = with_fixed_budget(cfg, epochs, seed=seed)
         started = time.perf_counter()
         write_teacher_cache(cfg, teacher_ckpt, folder, augmentation_seeds=epochs)
         print(f"teacher cache for seed {seed}: {(time.perf_counter() - started) / 60:.1f} min", file=sys.stderr,
@@ -67,24 +59,25 @@ def ensure_cache(root: Path, width: str, seed: int, epochs: int, teacher_ckpt: s
 
 
 def run_one(method: str, width: str, seed: int, epochs: int, out: Path, teacher_ckpt: str,
-            cache_root: Path | None) -> dict[str, float]:
+            cache_root: Path | None, threads: int | None = None) -> dict[str, float]:
     run = out / f"x{width}" / method / f"seed{seed}"
     done = _final(run, epochs)
     if done is not None:
         return done
     started = time.perf_counter()
     if method == "none":
-        cfg = _budget(load_config(f"synthdrive/demo_student_x{width}"), epochs, seed, None)
+        cfg = with_fixed_budget(load_config(f"synthdrive/demo_student_x{width}"), epochs, seed=seed, num_threads=threads)
         run_training(cfg, work_dir=str(run), overwrite=True, quiet=True)
     elif method == "none_beam_gap":  # the no-KD student on beam_gap's input (every second beam)
         cfg = distill_config(f"synthdrive/demo_distill_x{width}", [], method="beam_gap", teacher_ckpt=teacher_ckpt)
-        cfg = _budget(dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, terms=[])), epochs, seed, None)
+        cfg = with_fixed_budget(dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, terms=[])), epochs,
+                                seed=seed, num_threads=threads)
         run_distillation(cfg, work_dir=str(run), overwrite=True, quiet=True)
     else:
         cfg = distill_config(f"synthdrive/demo_distill_x{width}", [], method=method, teacher_ckpt=teacher_ckpt)
         cache = ensure_cache(cache_root, width, seed, epochs, teacher_ckpt) if cache_root and method in CACHEABLE \
             else None
-        cfg = _budget(cfg, epochs, seed, cache)
+        cfg = with_fixed_budget(cfg, epochs, seed=seed, num_threads=threads, cache_dir=cache)
         run_distillation(cfg, work_dir=str(run), overwrite=True, quiet=True)
     metrics = _final(run, epochs)
     assert metrics is not None, f"{run}: no final evaluation"
@@ -123,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-root", type=Path, help="read the teacher from per-seed caches under this folder "
                                                         "(written on first use) for the methods that allow it")
     parser.add_argument("--teacher-metrics", help="the teacher's metrics.json, for the table's first row")
+    parser.add_argument("--threads", type=int, help="intra-op CPU threads per run (default: the machine's CPUs); "
+                                                    "1 lets two runners share a 2-core machine")
     parser.add_argument("--table", action="store_true", help="only print the table of finished runs")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -138,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
                         continue
                     metrics = json.loads(bench.read_text(encoding="utf-8"))
                 else:
-                    metrics = run_one(method, width, seed, args.epochs, out, args.teacher_ckpt, args.cache_root)
+                    metrics = run_one(method, width, seed, args.epochs, out, args.teacher_ckpt, args.cache_root,
+                                      args.threads)
                 results.setdefault(f"x{width}/{method}", {})[str(seed)] = metrics
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")

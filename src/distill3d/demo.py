@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from distill3d.config import load_config
+from distill3d.config import load_config, with_fixed_budget
 from distill3d.config.schema import DistillConfig, ExperimentConfig
 from distill3d.errors import Distill3DError
 
@@ -49,12 +49,6 @@ def _log(quiet: bool) -> Callable[[str], None]:
     if quiet:
         return lambda _text: None
     return lambda text: print(text, file=sys.stderr, flush=True)
-
-
-def _budget(cfg: ExperimentConfig, epochs: int, max_steps: int | None) -> ExperimentConfig:
-    train = dataclasses.replace(cfg.train, epochs=epochs, eval_interval=epochs, max_steps_per_epoch=max_steps,
-                                checkpoint_interval=epochs, keep_checkpoints=1)
-    return dataclasses.replace(cfg, train=train)
 
 
 def _map_by_distance(folder: Path) -> dict[str, float]:
@@ -114,7 +108,7 @@ def run_demo(method: str = "sparsekd", *, quick: bool = False, out: str | Path |
     from distill3d.commands.distill_cmd import distill_config, run_distillation
     from distill3d.commands.train_cmd import run_training
     from distill3d.engine.builders import build_dataset, build_model
-    from distill3d.engine.checkpoint import load_checkpoint
+    from distill3d.engine.checkpoint import STUDENT_PREFIX, load_checkpoint
     from distill3d.report import ModelSummary, render_console_table, write_run_report
 
     say = _log(quiet)
@@ -133,8 +127,9 @@ def run_demo(method: str = "sparsekd", *, quick: bool = False, out: str | Path |
     student_cfg = load_config(STUDENT_CONFIG)
     n_epochs = epochs or (QUICK_EPOCHS if quick else student_cfg.train.epochs)
     max_steps = 40 if quick else None
-    student_cfg = _budget(student_cfg, n_epochs, max_steps)
-    kd_cfg = _budget(distill_config(DISTILL_CONFIG, [], method=method, teacher_ckpt=str(ckpt)), n_epochs, max_steps)
+    student_cfg = with_fixed_budget(student_cfg, n_epochs, max_steps_per_epoch=max_steps)
+    kd_cfg = with_fixed_budget(distill_config(DISTILL_CONFIG, [], method=method, teacher_ckpt=str(ckpt)), n_epochs,
+                               max_steps_per_epoch=max_steps)
     assert kd_cfg.distill is not None
     if kd_cfg.distill.student_input is not None:
         # the no-KD student sees the same (e.g. beam-downsampled) input as the distilled one
@@ -167,10 +162,9 @@ def run_demo(method: str = "sparsekd", *, quick: bool = False, out: str | Path |
     teacher = build_model(teacher_cfg)
     load_checkpoint(ckpt, teacher, weights="auto")
     student = build_model(student_cfg)
-    load_checkpoint(student_run / "checkpoints" / "last.pth", student, weights="auto",
-                    prefix="student." if student_cfg.distill is not None else None)
+    load_checkpoint(student_run / "checkpoints" / "last.pth", student, weights="auto", prefix="auto")
     distilled = build_model(student_cfg)
-    load_checkpoint(distilled_run / "checkpoints" / "last.pth", distilled, weights="auto", prefix="student.")
+    load_checkpoint(distilled_run / "checkpoints" / "last.pth", distilled, weights="auto", prefix=STUDENT_PREFIX)
     models = {"teacher": teacher.eval(), "student": student.eval(), "distilled": distilled.eval()}
     profiles = {name: _profile(model, collate_samples([val[0]])) for name, model in models.items()}
     results = {"teacher": teacher_metrics, "student": _final_metrics(student_run, n_epochs),

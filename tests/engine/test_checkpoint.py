@@ -25,6 +25,7 @@ from distill3d.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
     check_state_dict,
+    distillation_prefix,
     find_last_checkpoint,
     load_checkpoint,
     load_model_state,
@@ -264,3 +265,25 @@ def test_student_weights_load_from_a_distiller_checkpoint(tmp_path: Path) -> Non
     assert _same_state(loaded.state_dict(), student.state_dict())
     with pytest.raises(CheckpointError, match="no weights under 'teacher.'"):
         load_checkpoint(path, loaded, prefix="teacher.")
+
+
+def test_auto_prefix_picks_the_student_only_of_a_distiller_checkpoint(tmp_path: Path) -> None:
+    student = TinyBEVDetector(width=4)
+    distiller_state = {f"student.{k}": v for k, v in student.state_dict().items()}
+    distiller_state["adapters.t.weight"] = torch.zeros(8, 4, 1, 1)
+    distill_path = tmp_path / "distill.pth"
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": distiller_state},
+                    distill_path)
+    loaded = TinyBEVDetector(width=4)
+    load_checkpoint(distill_path, loaded, prefix="auto")
+    assert _same_state(loaded.state_dict(), student.state_dict())
+
+    # a plain detector checkpoint: loaded as it is
+    plain = TinyBEVDetector(width=4)
+    plain_path = tmp_path / "plain.pth"
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": plain.state_dict()},
+                    plain_path)
+    load_checkpoint(plain_path, loaded, prefix="auto")
+    assert _same_state(loaded.state_dict(), plain.state_dict())
+    assert distillation_prefix(plain.state_dict(), loaded) is None
+    assert distillation_prefix(distiller_state, loaded) == "student."

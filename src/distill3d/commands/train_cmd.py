@@ -177,7 +177,7 @@ def run_test(cfg: ExperimentConfig, ckpt: str | Path, *, out: str | Path | None 
         build_model,
         write_results,
     )
-    from distill3d.engine.checkpoint import atomic_write_bytes, load_checkpoint, read_checkpoint
+    from distill3d.engine.checkpoint import atomic_write_bytes, load_checkpoint
     from distill3d.engine.distributed import cleanup_distributed, default_num_threads, init_distributed
     from distill3d.engine.trainer import gather_predictions, predict, seed_everything, torch_run_settings
 
@@ -189,11 +189,8 @@ def run_test(cfg: ExperimentConfig, ckpt: str | Path, *, out: str | Path | None 
         say = (lambda text: print(text, file=sys.stderr, flush=True)) if dist.is_main and not quiet else (lambda text: None)
         seed_everything(cfg.seed)
         model = build_model(cfg)
-        keys = read_checkpoint(ckpt_path).get("model") or {}
-        own = set(model.state_dict())
         # a distillation checkpoint holds the whole distiller: test its student
-        prefix = "student." if not (own & set(keys)) and any(k.startswith("student.") for k in keys) else None
-        payload = load_checkpoint(ckpt_path, model, weights=weights, prefix=prefix)  # type: ignore[arg-type]
+        payload = load_checkpoint(ckpt_path, model, weights=weights, prefix="auto")  # type: ignore[arg-type]
         used = "EMA" if weights != "model" and payload.get("ema") else "trained"
         say(f"loaded {used} weights from {ckpt_path}")
         dataset = build_dataset(cfg, split, training=False, dist=dist, log=say)

@@ -12,6 +12,7 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
+from distill3d.config.budget import with_fixed_budget
 from distill3d.config.schema import (
     DataConfig, DistillConfig, ExperimentConfig, ModelConfig, TermConfig, TrainConfig,
 )
@@ -26,7 +27,7 @@ PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 __all__ = [
     "ExperimentConfig", "DataConfig", "ModelConfig", "TrainConfig", "DistillConfig", "TermConfig",
     "load_config", "parse_override", "resolve_config_path", "dump_config", "from_dict", "to_dict",
-    "PACKAGED_CONFIG_DIR",
+    "PACKAGED_CONFIG_DIR", "with_fixed_budget",
 ]
 
 

@@ -63,15 +63,12 @@ def build_teacher(cfg: ExperimentConfig, checkpoint: str | Path | None, *, log: 
             (listing keys).
     """
     from distill3d.engine.builders import build_model
-    from distill3d.engine.checkpoint import load_checkpoint, read_checkpoint
+    from distill3d.engine.checkpoint import load_checkpoint
 
     teacher_cfg = teacher_experiment(cfg)
     ckpt = resolve_teacher_checkpoint(cfg, checkpoint)
     teacher = build_model(teacher_cfg)
-    keys = read_checkpoint(ckpt).get("model") or {}
-    prefix = "student." if any(k.startswith("student.") for k in keys) and not (set(keys) & set(teacher.state_dict())) \
-        else None
-    load_checkpoint(ckpt, teacher, weights="auto", prefix=prefix)
+    load_checkpoint(ckpt, teacher, weights="auto", prefix="auto")
     if log is not None:
         log(f"teacher: {teacher_cfg.name} ({teacher_cfg.model.type}, width x{teacher_cfg.model.width_multiplier}) "
             f"from {ckpt}")

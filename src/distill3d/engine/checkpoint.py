@@ -74,6 +74,8 @@ CHECKPOINT_FORMAT = "distill3d.checkpoint"
 CHECKPOINT_VERSION = 1
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")
+#: where a distillation checkpoint keeps its student's weights (the distiller's ``student`` module)
+STUDENT_PREFIX = "student."
 _LIST_LIMIT = 40
 
 
@@ -288,7 +290,7 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module | None = None
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     scaler: Any = None, ema: Any = None, strict: bool = True,
                     weights: Literal["model", "ema", "auto"] = "model",
-                    prefix: str | None = None) -> dict[str, Any]:
+                    prefix: str | Literal["auto"] | None = None) -> dict[str, Any]:
     """Read a checkpoint and load its parts into the given objects.
 
     Args:
@@ -302,7 +304,9 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module | None = None
             resuming needs), ``ema`` (the EMA weights; an error when there are none) or
             ``auto`` (EMA when present: what evaluation and teachers use).
         prefix: load only the weights under this prefix, stripped (e.g. ``"student."``
-            to load the student of a distillation checkpoint into a detector).
+            to load the student of a distillation checkpoint into a detector); ``"auto"``:
+            ``"student."`` when the checkpoint is a distillation checkpoint (it has weights
+            under ``student.`` and none of ``model``'s own names), else no prefix.
 
     Returns:
         The checkpoint dict (see the module docstring).
@@ -324,6 +328,8 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module | None = None
         if weights in ("ema", "auto") and ema_state:
             state.update(ema_state["shadow"])
             source += " (EMA weights)"
+        if prefix == "auto":
+            prefix = distillation_prefix(state, model)
         if prefix:
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             if not state:
@@ -347,6 +353,15 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module | None = None
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: cannot restore the {key} state: {exc}") from None
     return payload
+
+
+def distillation_prefix(state: Mapping[str, Any], model: nn.Module) -> str | None:
+    """``"student."`` when ``state`` is a distiller's (weights under ``student.``, none with
+    ``model``'s own names), else None: the prefix that loads a distillation checkpoint's
+    student into a bare detector."""
+    if set(state) & set(model.state_dict()):
+        return None
+    return STUDENT_PREFIX if any(k.startswith(STUDENT_PREFIX) for k in state) else None
 
 
 def find_last_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
