@@ -137,6 +137,27 @@ def test_test_command_evaluates_the_student(distilled: Path, student: Path, tmp_
     assert metrics["NDS"] == pytest.approx(during["NDS"])  # the same student weights, the same split
 
 
+def test_test_command_gives_a_beam_gap_student_its_own_input(student: Path, teacher_ckpt: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "beam_gap"
+    assert main(["distill", str(student), "--method", "beam_gap", "--teacher-ckpt", str(teacher_ckpt),
+                 "--work-dir", str(run), "--quiet", "--device", "cpu"]) == 0
+    assert load_config(run / "config.yaml").distill.student_input.beam_keep_every == 2
+    capsys.readouterr()
+    out = tmp_path / "test_out"
+    assert main(["test", str(run / "config.yaml"), "--ckpt", str(run / "checkpoints" / "last.pth"), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert "1 beam in 2 of 32" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    during = json.loads((run / "eval" / "epoch_1" / "metrics.json").read_text())
+    assert metrics == pytest.approx(during)  # the distillation's own evaluation: the student on every second beam
+    # the same weights on all beams (a config without student_input) score otherwise
+    full = tmp_path / "full_beams"
+    assert main(["test", str(student), "--ckpt", str(run / "checkpoints" / "last.pth"), "--out", str(full),
+                 "--device", "cpu"]) == 0
+    assert json.loads((full / "metrics.json").read_text()) != pytest.approx(during)
+
+
 def test_resume_continues_a_distillation_run(distilled: Path, student: Path, teacher_ckpt: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "resumed"

@@ -193,6 +193,13 @@ def run_test(cfg: ExperimentConfig, ckpt: str | Path, *, out: str | Path | None 
         payload = load_checkpoint(ckpt_path, model, weights=weights, prefix="auto")  # type: ignore[arg-type]
         used = "EMA" if weights != "model" and payload.get("ema") else "trained"
         say(f"loaded {used} weights from {ckpt_path}")
+        if cfg.distill is not None and cfg.distill.student_input is not None \
+                and cfg.distill.student_input.beam_keep_every > 1:
+            from distill3d.distill.distiller import StudentInputDetector
+
+            model = StudentInputDetector(model, cfg.distill.student_input)
+            say(f"predicting on the student's distillation input: 1 beam in {cfg.distill.student_input.beam_keep_every}"
+                f" of {cfg.distill.student_input.beams} (distill.student_input)")
         dataset = build_dataset(cfg, split, training=False, dist=dist, log=say)
         # every rank (a collective); rank 0 reads the GT before the inference
         evaluator = build_evaluator(cfg, split, dataset, dist=dist, log=say)

@@ -198,6 +198,27 @@ def beam_downsample_batch(batch: Batch, config: StudentInputConfig) -> Batch:
     return out.to(batch.points.device)
 
 
+class StudentInputDetector(nn.Module):
+    """A detector that predicts on its training input: ``distill3d test`` of a student that
+    was distilled on a transformed input (beam-gap KD: every n-th beam) sees that input, as
+    the evaluation during its distillation did.
+
+    Args:
+        detector: the student detector (``forward(batch) -> DetectorOutput`` and ``decode``).
+        config: the student input transformation of the distillation config.
+    """
+
+    def __init__(self, detector: nn.Module, config: StudentInputConfig) -> None:
+        super().__init__()
+        self.detector = detector
+        self.config = config
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> list[Detections]:
+        """The detector's detections on the transformed copy of ``batch``."""
+        return self.detector.decode(self.detector(beam_downsample_batch(batch, self.config)))
+
+
 # ----------------------------------------------------------------------------- terms
 
 
