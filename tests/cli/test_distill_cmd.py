@@ -209,6 +209,8 @@ def test_term_with_an_unknown_tap(folder: Path, synth_nuscenes: Path, teacher_ck
                  "--quiet", "--device", "cpu"]) == 2
     err = _one_line_error(capsys, "distill")
     assert "distill.terms[neck].student" in err and "'nek'" in err
+    # the model is built before the run folder is made: the corrected config needs no --overwrite
+    assert not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------------------------- cache-teacher

@@ -344,6 +344,24 @@ def test_non_tty_output_is_plain(tmp_path: Path) -> None:
     assert not logger.shows_progress_bar
 
 
+def test_lines_said_before_the_run_folder_open_train_log(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    logger = TrainLogger(stream=stream, defer_run_dir=True)
+    logger.info("building the model")
+    logger.warning("a slow data root")
+    assert not (tmp_path / "run").exists()
+    logger.open_run_dir(tmp_path / "run", tensorboard=False)
+    logger.info("run folder ready")
+    logger.close()
+    lines = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == ["building the model", "warning: a slow data root",
+                                                         "run folder ready"]
+    assert stream.getvalue().splitlines() == ["building the model", "warning: a slow data root", "run folder ready"]
+    console_only = TrainLogger(stream=io.StringIO())  # keeps nothing back without defer_run_dir
+    console_only.info("x")
+    assert console_only._early_lines == []
+
+
 def test_non_finite_loss_stops_training() -> None:
     class Exploding(TinyBEVDetector):
         def loss(self, batch: Any, output: Any) -> dict[str, Tensor]:

@@ -88,31 +88,20 @@ def run_training(cfg: ExperimentConfig, *, work_dir: str | None = None, resume: 
         resume_path: str | None = None
         config_text = dump_config(cfg)
         if dist.is_main:
-            try:
-                run_dir = prepare_run_dir(root, resume=resume, overwrite=overwrite)
-                if resume:
-                    last = find_last_checkpoint(run_dir.root)
-                    resume_path = str(last) if last is not None else None
+            try:  # only checks: the folder is made once the model is built
+                prepare_run_dir(root, resume=resume, overwrite=overwrite, create=False)
             except RunDirError as exc:
                 error = str(exc)
-        error, resume_path = broadcast_object((error, resume_path), dist)
+        error = broadcast_object(error, dist)
         if error:
             raise RunDirError(error)
-        run_dir = RunDir(root)
-        if dist.is_main:
-            logger = TrainLogger(run_dir.root, quiet=quiet)
-            if resume and resume_path is None:
-                logger.info(f"--resume: no checkpoint in {run_dir.checkpoints}; starting a new run")
-            if resume_path is not None and run_dir.config_path.is_file():
-                changes = config_differences(run_dir.config_path.read_text(encoding="utf-8"), config_text)
-                if changes:
-                    logger.warning("the config differs from the run's config.yaml (the new one is used "
-                                   "and written): " + "; ".join(changes))
-            run_dir.write_config(config_text)
-            logger.info(f"run folder: {run_dir.root.resolve()}")
-
+        if dist.is_main:  # console now; train.log, with these first lines, once the folder exists
+            logger = TrainLogger(quiet=quiet, defer_run_dir=True)
         seed_everything(cfg.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's)
         factory = module_factory or _default_factory
+        # the model and the data are built before the run folder is made: a config that fails
+        # there (a bad term, a missing teacher or data root) leaves no folder behind that the
+        # next attempt would need --overwrite for
         model = factory(cfg, dist)
         train_set = build_dataset(cfg, cfg.data.train_split, training=True, dist=dist, log=logger.info)
         configure = getattr(model, "configure_train_dataset", None)
@@ -125,6 +114,25 @@ def run_training(cfg: ExperimentConfig, *, work_dir: str | None = None, resume: 
                                        cfg.train.num_workers, cfg.seed, dist)
         # every rank the same decision; rank 0 reads the GT now, so a split it cannot evaluate fails early
         evaluate_fn = build_evaluator(cfg, split, val_set, dist=dist, log=logger.info)
+
+        if dist.is_main:
+            run_dir = prepare_run_dir(root, resume=resume, overwrite=overwrite)
+            if resume:
+                last = find_last_checkpoint(run_dir.root)
+                resume_path = str(last) if last is not None else None
+        resume_path = broadcast_object(resume_path, dist)
+        run_dir = RunDir(root)
+        if dist.is_main:
+            logger.open_run_dir(run_dir.root)
+            if resume and resume_path is None:
+                logger.info(f"--resume: no checkpoint in {run_dir.checkpoints}; starting a new run")
+            if resume_path is not None and run_dir.config_path.is_file():
+                changes = config_differences(run_dir.config_path.read_text(encoding="utf-8"), config_text)
+                if changes:
+                    logger.warning("the config differs from the run's config.yaml (the new one is used "
+                                   "and written): " + "; ".join(changes))
+            run_dir.write_config(config_text)
+            logger.info(f"run folder: {run_dir.root.resolve()}")
         if evaluate_fn is None:
             logger.info(f"no evaluator for data.dataset {cfg.data.dataset} split {split!r}: training "
                         "without evaluation (no best.pth)")

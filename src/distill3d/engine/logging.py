@@ -203,26 +203,28 @@ class TrainLogger:
         stream: the console stream (default ``sys.stderr``).
         tensorboard: write TensorBoard scalars.
         enabled: False on ranks other than 0: nothing is written or printed.
+        defer_run_dir: without ``run_dir``, keep the lines said until
+            :meth:`open_run_dir` for the start of ``train.log``.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str] | None = None, *, quiet: bool = False,
-                 stream: TextIO | None = None, tensorboard: bool = True, enabled: bool = True):
+                 stream: TextIO | None = None, tensorboard: bool = True, enabled: bool = True,
+                 defer_run_dir: bool = False):
         self.enabled = enabled
         self.quiet = quiet
         self.stream = stream if stream is not None else sys.stderr
-        self.root = Path(run_dir) if run_dir is not None else None
+        self.root: Path | None = None
         self.metrics: MetricsFile | None = None
         self.tb: TensorBoardWriter | None = None
         self._log_file: TextIO | None = None
+        self._defer = defer_run_dir and run_dir is None
+        self._early_lines: list[str] = []  # with defer_run_dir: stamped lines said before open_run_dir
         self._bar: _RichProgress | None = None
         self._use_bar = False
         if not enabled:
             return
-        if self.root is not None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.metrics = MetricsFile(self.root / "metrics.jsonl")
-            self._log_file = (self.root / "train.log").open("a", encoding="utf-8")
-            self.tb = TensorBoardWriter(self.root / "tensorboard", enabled=tensorboard, notify=self.info)
+        if run_dir is not None:
+            self.open_run_dir(run_dir, tensorboard=tensorboard)
         if not quiet:
             from rich.console import Console
 
@@ -230,6 +232,24 @@ class TrainLogger:
             if console.is_terminal:
                 self._use_bar = True
                 self._console = console
+
+    def open_run_dir(self, run_dir: str | os.PathLike[str], *, tensorboard: bool = True) -> None:
+        """Start writing ``metrics.jsonl``, ``tensorboard/`` and ``train.log`` in ``run_dir``;
+        ``train.log`` begins with the lines said before (while the model and data were built,
+        before the run folder was made)."""
+        if not self.enabled:
+            return
+        if self.root is not None and self._log_file is not None:
+            raise RuntimeError(f"the logger already writes into {self.root}")
+        self.root = Path(run_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.metrics = MetricsFile(self.root / "metrics.jsonl")
+        self._log_file = (self.root / "train.log").open("a", encoding="utf-8")
+        self._log_file.writelines(self._early_lines)
+        self._log_file.flush()
+        self._early_lines = []
+        self._defer = False
+        self.tb = TensorBoardWriter(self.root / "tensorboard", enabled=tensorboard, notify=self.info)
 
     @classmethod
     def disabled(cls) -> TrainLogger:
@@ -248,10 +268,12 @@ class TrainLogger:
             self._bar.print(text)
         else:
             print(text, file=self.stream, flush=True)
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n"
         if self._log_file is not None:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            self._log_file.write(f"{stamp} {text}\n")
+            self._log_file.write(line)
             self._log_file.flush()
+        elif self._defer:
+            self._early_lines.append(line)
 
     def info(self, text: str) -> None:
         """A notice line (console and ``train.log``)."""
