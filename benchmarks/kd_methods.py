@@ -88,20 +88,46 @@ def run_one(method: str, width: str, seed: int, epochs: int, out: Path, teacher_
     return metrics
 
 
+#: the table's row labels and order
+LABELS = {
+    "none": "no KD",
+    "pointdistiller": "PointDistiller",
+    "fitnet": "FitNet",
+    "attention_transfer": "attention transfer",
+    "fgd": "FGD",
+    "heatmap_kd": "heatmap KD (dense Hinton)",
+    "gaussian_response": "Gaussian response KD",
+    "pp_logit": "SparseKD pivotal-position KD",
+    "sparsekd": "SparseKD (TGI + PP-logit + label KD)",
+    "none_beam_gap": "no KD on every 2nd beam",
+    "beam_gap": "beam-gap KD on every 2nd beam",
+}
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
 def table(results: dict[str, dict[str, dict[str, float]]], teacher: dict[str, float] | None) -> str:
-    lines = ["| student | method | seeds | mAP mean | mAP std | NDS mean | NDS std | min per run |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    """The Markdown table of ``results`` (``{"x{width}/{method}": {seed: metrics}}``): one row a
+    width and method, mean ± sample sd over the seeds, mAP of each seed (by seed number) and
+    the median minutes per run."""
+    lines = ["| student | method | preset | seeds | mAP (mean ± sd) | NDS (mean ± sd) | mAP per seed | min per run |",
+             "|---|---|---|---:|---:|---:|---|---:|"]
     if teacher:
-        lines.append(f"| teacher x1.0 | — | 1 | {teacher['mAP']:.4f} | — | {teacher['NDS']:.4f} | — | — |")
-    for key in sorted(results):
+        lines.append(f"| teacher x1.0 | — | — | 1 | {teacher['mAP']:.4f} | {teacher['NDS']:.4f} | — | — |")
+    order = {name: i for i, name in enumerate(LABELS)}
+    for key in sorted(results, key=lambda k: (k.split("/")[0], order.get(k.split("/")[1], len(order)))):
         width, method = key.split("/")
-        runs = list(results[key].values())
+        runs = [results[key][seed] for seed in sorted(results[key], key=int)]
         maps = [r["mAP"] for r in runs]
         ndss = [r["NDS"] for r in runs]
         minutes = [r.get("minutes", float("nan")) for r in runs]
-        sd = (lambda v: f"{statistics.stdev(v):.4f}" if len(v) > 1 else "—")
-        lines.append(f"| {width} | {method} | {len(runs)} | {statistics.mean(maps):.4f} | {sd(maps)} | "
-                     f"{statistics.mean(ndss):.4f} | {sd(ndss)} | {statistics.median(minutes):.1f} |")
+        per_seed = " / ".join(f"{m:.4f}" for m in maps)
+        lines.append(f"| {width} | {LABELS.get(method, method)} | `{method}` | {len(runs)} | {_mean_sd(maps)} | "
+                     f"{_mean_sd(ndss)} | {per_seed} | {statistics.median(minutes):.1f} |")
     return "\n".join(lines)
 
 
