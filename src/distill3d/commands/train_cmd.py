@@ -116,11 +116,16 @@ def run_training(cfg: ExperimentConfig, *, work_dir: str | None = None, resume: 
         evaluate_fn = build_evaluator(cfg, split, val_set, dist=dist, log=logger.info)
 
         if dist.is_main:
-            run_dir = prepare_run_dir(root, resume=resume, overwrite=overwrite)
-            if resume:
-                last = find_last_checkpoint(run_dir.root)
-                resume_path = str(last) if last is not None else None
-        resume_path = broadcast_object(resume_path, dist)
+            try:
+                run_dir = prepare_run_dir(root, resume=resume, overwrite=overwrite)
+                if resume:
+                    last = find_last_checkpoint(run_dir.root)
+                    resume_path = str(last) if last is not None else None
+            except RunDirError as exc:  # e.g. the folder appeared while the model was built
+                error = str(exc)
+        error, resume_path = broadcast_object((error, resume_path), dist)
+        if error:
+            raise RunDirError(error)
         run_dir = RunDir(root)
         if dist.is_main:
             logger.open_run_dir(run_dir.root)

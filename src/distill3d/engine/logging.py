@@ -239,7 +239,7 @@ class TrainLogger:
         before the run folder was made)."""
         if not self.enabled:
             return
-        if self.root is not None and self._log_file is not None:
+        if self._log_file is not None:
             raise RuntimeError(f"the logger already writes into {self.root}")
         self.root = Path(run_dir)
         self.root.mkdir(parents=True, exist_ok=True)
