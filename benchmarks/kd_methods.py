@@ -131,6 +131,35 @@ def table(results: dict[str, dict[str, dict[str, float]]], teacher: dict[str, fl
     return "\n".join(lines)
 
 
+#: the comparisons the papers claim (method, baseline), and each method against its no-KD student
+CLAIMS = (("pointdistiller", "none"), ("pointdistiller", "fitnet"), ("pp_logit", "heatmap_kd"),
+          ("sparsekd", "none"), ("fitnet", "none"), ("heatmap_kd", "none"), ("pp_logit", "none"),
+          ("gaussian_response", "none"), ("attention_transfer", "none"), ("fgd", "none"),
+          ("beam_gap", "none_beam_gap"))
+
+
+def paired(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The Markdown table of paired differences: for each claim and width, ``method - baseline``
+    per seed (the same seed gives both runs the same data order and augmentation), its mean and
+    on how many seeds the method wins."""
+    lines = ["| student | comparison | seeds | mAP diff (mean) | NDS diff (mean) | mAP diff per seed | mAP wins |",
+             "|---|---|---:|---:|---:|---|---:|"]
+    widths = sorted({key.split("/")[0] for key in results})
+    for width in widths:
+        for method, baseline in CLAIMS:
+            a, b = results.get(f"{width}/{method}", {}), results.get(f"{width}/{baseline}", {})
+            seeds = sorted(set(a) & set(b), key=int)
+            if not seeds:
+                continue
+            d_map = [a[s]["mAP"] - b[s]["mAP"] for s in seeds]
+            d_nds = [a[s]["NDS"] - b[s]["NDS"] for s in seeds]
+            per_seed = " / ".join(f"{d:+.4f}" for d in d_map)
+            wins = sum(d > 0 for d in d_map)
+            lines.append(f"| {width} | {method} vs {baseline} | {len(seeds)} | {statistics.mean(d_map):+.4f} | "
+                         f"{statistics.mean(d_nds):+.4f} | {per_seed} | {wins}/{len(seeds)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher-ckpt", required=True)
@@ -167,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     teacher = json.loads(Path(args.teacher_metrics).read_text()) if args.teacher_metrics else None
     print(f"budget: {args.epochs} epochs of the SynthDrive demo set per run")
     print(table(results, teacher))
+    print()
+    print(paired(results))
     other = monitor.other_share()
     if other is not None:
         print(f"other processes used {other:.0%} of the machine's CPU time during the run")
