@@ -52,6 +52,37 @@ def _default_factory(cfg: ExperimentConfig, dist: Any) -> Any:
     return build_model(cfg)
 
 
+def _prepare_run_dir_on_main(root: Path, dist: Any, *, resume: bool, overwrite: bool, create: bool) -> str | None:
+    """:func:`~distill3d.engine.run_dir.prepare_run_dir` on rank 0, its refusal raised on every
+    rank (a collective).
+
+    Returns:
+        With ``resume`` and ``create``, the checkpoint the run continues from (None: none
+        yet, a new run); else None.
+
+    Raises:
+        RunDirError: the folder cannot be used (see ``prepare_run_dir``).
+    """
+    from distill3d.engine.checkpoint import find_last_checkpoint
+    from distill3d.engine.distributed import broadcast_object
+    from distill3d.engine.run_dir import RunDirError, prepare_run_dir
+
+    error: str | None = None
+    resume_path: str | None = None
+    if dist.is_main:
+        try:
+            prepare_run_dir(root, resume=resume, overwrite=overwrite, create=create)
+            if resume and create:
+                last = find_last_checkpoint(root)
+                resume_path = str(last) if last is not None else None
+        except RunDirError as exc:
+            error = str(exc)
+    error, resume_path = broadcast_object((error, resume_path), dist)
+    if error:
+        raise RunDirError(error)
+    return resume_path
+
+
 def run_training(cfg: ExperimentConfig, *, work_dir: str | None = None, resume: bool = False,
                  overwrite: bool = False, quiet: bool = False, device: str | None = None,
                  module_factory: ModuleFactory | None = None) -> Any:
@@ -74,27 +105,18 @@ def run_training(cfg: ExperimentConfig, *, work_dir: str | None = None, resume: 
         Distill3DError: a refused run folder, bad config, unreadable data, ...
     """
     from distill3d.engine.builders import build_dataset, build_eval_loader, build_evaluator, build_train_loader
-    from distill3d.engine.checkpoint import find_last_checkpoint
-    from distill3d.engine.distributed import barrier, broadcast_object, cleanup_distributed, init_distributed
+    from distill3d.engine.distributed import barrier, cleanup_distributed, init_distributed
     from distill3d.engine.logging import TrainLogger
-    from distill3d.engine.run_dir import RunDir, RunDirError, config_differences, default_run_dir, prepare_run_dir
+    from distill3d.engine.run_dir import RunDir, config_differences, default_run_dir
     from distill3d.engine.trainer import Trainer, seed_everything
 
     dist = init_distributed(device)
     logger = TrainLogger.disabled()
     try:
         root = default_run_dir(cfg, work_dir)
-        error: str | None = None
-        resume_path: str | None = None
         config_text = dump_config(cfg)
-        if dist.is_main:
-            try:  # only checks: the folder is made once the model is built
-                prepare_run_dir(root, resume=resume, overwrite=overwrite, create=False)
-            except RunDirError as exc:
-                error = str(exc)
-        error = broadcast_object(error, dist)
-        if error:
-            raise RunDirError(error)
+        # only checks: the folder is made once the model is built
+        _prepare_run_dir_on_main(root, dist, resume=resume, overwrite=overwrite, create=False)
         if dist.is_main:  # console now; train.log, with these first lines, once the folder exists
             logger = TrainLogger(quiet=quiet, defer_run_dir=True)
         seed_everything(cfg.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's)
@@ -115,17 +137,8 @@ def run_training(cfg: ExperimentConfig, *, work_dir: str | None = None, resume: 
         # every rank the same decision; rank 0 reads the GT now, so a split it cannot evaluate fails early
         evaluate_fn = build_evaluator(cfg, split, val_set, dist=dist, log=logger.info)
 
-        if dist.is_main:
-            try:
-                run_dir = prepare_run_dir(root, resume=resume, overwrite=overwrite)
-                if resume:
-                    last = find_last_checkpoint(run_dir.root)
-                    resume_path = str(last) if last is not None else None
-            except RunDirError as exc:  # e.g. the folder appeared while the model was built
-                error = str(exc)
-        error, resume_path = broadcast_object((error, resume_path), dist)
-        if error:
-            raise RunDirError(error)
+        # checked again: the folder may have appeared while the model was built
+        resume_path = _prepare_run_dir_on_main(root, dist, resume=resume, overwrite=overwrite, create=True)
         run_dir = RunDir(root)
         if dist.is_main:
             logger.open_run_dir(run_dir.root)
