@@ -74,6 +74,15 @@ def _profile(model: torch.nn.Module, batch: Any) -> dict[str, float]:
             "latency_ms": result["total"]["latency_ms"] / batch.batch_size}
 
 
+def _student_input(batch: Any, kd_cfg: ExperimentConfig) -> Any:
+    """The students' copy of ``batch``: the distillation's student input transform applied
+    (every n-th beam for beam-gap KD), else ``batch`` itself."""
+    from distill3d.distill.distiller import beam_downsample_batch
+
+    student_input = kd_cfg.distill.student_input if kd_cfg.distill is not None else None
+    return batch if student_input is None else beam_downsample_batch(batch, student_input)
+
+
 def _rename_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A distillation run's records with ``det.*`` keys named as a plain run's."""
     out = []
@@ -166,7 +175,10 @@ def run_demo(method: str = "sparsekd", *, quick: bool = False, out: str | Path |
     distilled = build_model(student_cfg)
     load_checkpoint(distilled_run / "checkpoints" / "last.pth", distilled, weights="auto", prefix=STUDENT_PREFIX)
     models = {"teacher": teacher.eval(), "student": student.eval(), "distilled": distilled.eval()}
-    profiles = {name: _profile(model, collate_samples([val[0]])) for name, model in models.items()}
+    one = collate_samples([val[0]])
+    # the students run on their own input (beam-gap KD: every n-th beam), as in training and evaluation
+    profiles = {name: _profile(model, one if name == "teacher" else _student_input(one, kd_cfg))
+                for name, model in models.items()}
     results = {"teacher": teacher_metrics, "student": _final_metrics(student_run, n_epochs),
                "distilled": _final_metrics(distilled_run, n_epochs)}
     summaries = {}
@@ -218,8 +230,10 @@ def _figures(root: Path, models: dict[str, torch.nn.Module], batch: Any, student
     figures: dict[str, Path] = {}
     pcr = student_cfg.data.point_cloud_range
     extent = (pcr[0], pcr[1], pcr[3], pcr[4])
+    student_batch = _student_input(batch, kd_cfg)
     with torch.no_grad():
-        detections = {name: model.decode(model(batch)) for name, model in models.items()}
+        detections = {name: model.decode(model(batch if name == "teacher" else student_batch))
+                      for name, model in models.items()}
     for j in range(batch.batch_size):
         points = batch.points[batch.point_offsets[j]:batch.point_offsets[j + 1]]
         path = root / f"bev_frame{j}.png"
