@@ -75,12 +75,10 @@ def _profile(model: torch.nn.Module, batch: Any) -> dict[str, float]:
 
 
 def _student_input(batch: Any, kd_cfg: ExperimentConfig) -> Any:
-    """The students' copy of ``batch``: the distillation's student input transform applied
-    (every n-th beam for beam-gap KD), else ``batch`` itself."""
-    from distill3d.distill.distiller import beam_downsample_batch
+    """The students' copy of ``batch`` (every n-th beam for beam-gap KD, else ``batch``)."""
+    from distill3d.distill.distiller import student_input_batch
 
-    student_input = kd_cfg.distill.student_input if kd_cfg.distill is not None else None
-    return batch if student_input is None else beam_downsample_batch(batch, student_input)
+    return student_input_batch(batch, kd_cfg.distill.student_input if kd_cfg.distill is not None else None)
 
 
 def _rename_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -198,6 +198,12 @@ def beam_downsample_batch(batch: Batch, config: StudentInputConfig) -> Batch:
     return out.to(batch.points.device)
 
 
+def student_input_batch(batch: Batch, config: StudentInputConfig | None) -> Batch:
+    """The student's copy of ``batch``: ``config``'s transform applied (see
+    :func:`beam_downsample_batch`), ``batch`` itself without one."""
+    return batch if config is None else beam_downsample_batch(batch, config)
+
+
 class StudentInputDetector(nn.Module):
     """A detector that predicts on its training input: ``distill3d test`` of a student that
     was distilled on a transformed input (beam-gap KD: every n-th beam) sees that input, as
@@ -425,9 +431,7 @@ class Distiller(nn.Module):
 
     def student_batch(self, batch: Batch) -> Batch:
         """The student's copy of ``batch`` (the configured student input transform)."""
-        if self.config.student_input is None:
-            return batch
-        return beam_downsample_batch(batch, self.config.student_input)
+        return student_input_batch(batch, self.config.student_input)
 
     def _forward_models(self, batch: Batch, s_batch: Batch, *, live_teacher: bool = False
                         ) -> tuple[DetectorOutput, DetectorOutput]:
